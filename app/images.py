@@ -1,0 +1,92 @@
+"""Encode generated images and store them atomically under unguessable names."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import secrets
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+
+# What `output_format` names, mapped to Pillow's format and the file extension.
+FORMATS: dict[str, tuple[str, str]] = {
+    "png": ("PNG", "png"),
+    "jpeg": ("JPEG", "jpeg"),
+    "webp": ("WEBP", "webp"),
+}
+MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+
+# 128 random bits as hex, then the extension: the only names the store serves.
+IMAGE_NAME = re.compile(r"^[0-9a-f]{32}\.(png|jpeg|webp)$")
+
+
+class StorageError(Exception):
+    """Images could not be written to the image directory."""
+
+
+def encode_image(
+    image: Image.Image,
+    output_format: str,
+    compression: int,
+    parameters: Mapping[str, Any],
+) -> bytes:
+    """Encode `image`; PNGs carry the generation parameters in a text chunk."""
+    pil_format, _ = FORMATS[output_format]
+    buffer = io.BytesIO()
+    if output_format == "png":
+        info = PngInfo()
+        info.add_text("parameters", json.dumps(parameters, ensure_ascii=False))
+        image.save(buffer, pil_format, pnginfo=info)
+    else:
+        # OpenAI's output_compression defaults to 100 for the best result, so it reads
+        # as Pillow's quality; 0 is the smallest file.
+        image.convert("RGB").save(buffer, pil_format, quality=compression)
+    return buffer.getvalue()
+
+
+class ImageStore:
+    """A directory of generated images, each written whole or not at all."""
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.directory = Path(directory)
+
+    def ensure_directory(self) -> None:
+        """Create the image directory if it is missing."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+
+    def save_all(self, blobs: list[bytes], extension: str) -> list[str]:
+        """Write each blob under a fresh random name; on any failure write none."""
+        names: list[str] = []
+        try:
+            for blob in blobs:
+                names.append(self._save(blob, extension))
+        except OSError as exc:
+            for name in names:
+                (self.directory / name).unlink(missing_ok=True)
+            raise StorageError(str(exc)) from exc
+        return names
+
+    def _save(self, blob: bytes, extension: str) -> str:
+        # 1. Write to a hidden temporary file in the same directory (same filesystem).
+        name = f"{secrets.token_hex(16)}.{extension}"
+        fd, tmp_path = tempfile.mkstemp(dir=self.directory, prefix=".tmp-", suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(blob)
+                handle.flush()
+                os.fsync(handle.fileno())
+            # 2. Readable by a web server running as another user (nginx serves it).
+            os.chmod(tmp_path, 0o644)
+            # 3. Rename into place: readers see the whole file or nothing.
+            os.replace(tmp_path, self.directory / name)
+        except BaseException:
+            Path(tmp_path).unlink(missing_ok=True)
+            raise
+        return name

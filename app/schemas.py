@@ -1,0 +1,184 @@
+"""Request schemas for the OpenAI Images API, with this server's extensions.
+
+Static rules (types, choices, fixed ranges) live on the fields; the limits an operator
+configures (prompt length, image size, step count) are read from the app's config when a
+request is validated, never at import time.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import secrets
+from typing import Any
+
+from flask import current_app
+from marshmallow import RAISE, Schema, ValidationError, fields, post_load, validate, validates
+
+from app.config import quality_steps
+
+MIN_IMAGE_SIDE = 64
+SIZE_STEP = 16
+MAX_SEED = 2**32 - 1
+_SIZE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
+
+
+class StrictInteger(fields.Integer):
+    """A JSON integer: no strings, floats or booleans."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.make_error("invalid", input=value)
+        return value
+
+
+class StrictNumber(fields.Float):
+    """A finite JSON number: no strings, booleans, NaN or infinity."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> float:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+        ):
+            raise self.make_error("invalid", input=value)
+        return float(value)
+
+
+class StrictBoolean(fields.Boolean):
+    """A JSON boolean: no strings or numbers."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> bool:
+        if not isinstance(value, bool):
+            raise self.make_error("invalid", input=value)
+        return value
+
+
+def _choice(*choices: str) -> fields.String:
+    return fields.String(
+        allow_none=True,
+        validate=validate.OneOf(choices, error="must be one of {choices}."),
+    )
+
+
+def parse_size(size: str, config: dict[str, Any]) -> tuple[int, int]:
+    """Return (width, height) for a `WxH` string or `auto`, within the configured limits."""
+    if size == "auto":
+        size = config["DEFAULT_SIZE"]
+    match = _SIZE.match(size)
+    if not match:
+        raise ValidationError("must be 'auto' or 'WIDTHxHEIGHT', for example '1024x1024'.")
+    width, height = int(match[1]), int(match[2])
+    max_side = config["MAX_IMAGE_SIDE"]
+    for side in (width, height):
+        if side % SIZE_STEP or not MIN_IMAGE_SIDE <= side <= max_side:
+            raise ValidationError(
+                f"width and height must be multiples of {SIZE_STEP} between "
+                f"{MIN_IMAGE_SIDE} and {max_side}, for example '1024x1024'."
+            )
+    if width * height > config["MAX_IMAGE_PIXELS"]:
+        raise ValidationError(
+            f"{width}x{height} has more than the {config['MAX_IMAGE_PIXELS']} pixels this "
+            "server allows; ask for a smaller size."
+        )
+    return width, height
+
+
+def _at_most(limit_key: str, value: float, what: str = "") -> None:
+    limit = current_app.config[limit_key]
+    if value > limit:
+        raise ValidationError(f"must be at most {limit}{what}.")
+
+
+class GenerationRequestSchema(Schema):
+    """POST /v1/images/generations."""
+
+    class Meta:
+        unknown = RAISE
+
+    prompt = fields.String(required=True, validate=validate.Length(min=1))
+    model = fields.String(allow_none=True, validate=validate.Length(max=256))
+    n = StrictInteger(allow_none=True, validate=validate.Range(min=1))
+    size = fields.String(allow_none=True)
+    quality = _choice("auto", "standard", "hd", "low", "medium", "high")
+    response_format = _choice("url", "b64_json")
+    output_format = _choice("png", "jpeg", "webp")
+    output_compression = StrictInteger(allow_none=True, validate=validate.Range(0, 100))
+    style = _choice("vivid", "natural")
+    user = fields.String(allow_none=True, validate=validate.Length(max=256))
+    background = _choice("auto", "opaque", "transparent")
+    moderation = _choice("auto", "low")
+    stream = StrictBoolean(allow_none=True)
+    partial_images = StrictInteger(allow_none=True, validate=validate.Range(0, 3))
+    # Extensions, sent by the OpenAI SDK through `extra_body`.
+    seed = StrictInteger(allow_none=True, validate=validate.Range(0, MAX_SEED))
+    negative_prompt = fields.String(allow_none=True)
+    num_inference_steps = StrictInteger(allow_none=True, validate=validate.Range(min=1))
+    guidance_scale = StrictNumber(allow_none=True, validate=validate.Range(min=0))
+
+    @validates("prompt", "negative_prompt")
+    def _prompt_length(self, value: str | None, data_key: str, **kwargs: Any) -> None:
+        if value is not None:
+            _at_most("MAX_PROMPT_CHARS", len(value), " characters")
+
+    @validates("n")
+    def _n_limit(self, value: int | None, data_key: str, **kwargs: Any) -> None:
+        if value is not None:
+            _at_most("MAX_IMAGES_PER_REQUEST", value)
+
+    @validates("num_inference_steps")
+    def _steps_limit(self, value: int | None, data_key: str, **kwargs: Any) -> None:
+        if value is not None:
+            _at_most("MAX_STEPS", value)
+
+    @validates("guidance_scale")
+    def _guidance_limit(self, value: float | None, data_key: str, **kwargs: Any) -> None:
+        if value is not None:
+            _at_most("MAX_GUIDANCE_SCALE", value)
+
+    @validates("size")
+    def _size_limits(self, value: str | None, data_key: str, **kwargs: Any) -> None:
+        if value is not None:
+            parse_size(value, current_app.config)
+
+    @validates("background")
+    def _background_supported(self, value: str | None, data_key: str, **kwargs: Any) -> None:
+        if value == "transparent":
+            raise ValidationError(
+                "transparent backgrounds are not supported by this server; use 'auto' or 'opaque'."
+            )
+
+    @validates("stream")
+    def _stream_supported(self, value: bool | None, data_key: str, **kwargs: Any) -> None:
+        if value:
+            raise ValidationError("streaming is not supported by this server; omit 'stream'.")
+
+    @post_load
+    def _resolve(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        """Fill in defaults: absent and null fields mean the server's default."""
+        config = current_app.config
+        data = {key: value for key, value in data.items() if value is not None}
+        width, height = parse_size(data.get("size", "auto"), config)
+        quality = data.get("quality", "auto")
+        seed = data["seed"] if "seed" in data else secrets.randbelow(MAX_SEED + 1)
+        return {
+            "prompt": data["prompt"],
+            "negative_prompt": data.get("negative_prompt") or None,
+            "model": data.get("model"),
+            "user": data.get("user"),
+            "n": data.get("n", 1),
+            "width": width,
+            "height": height,
+            "quality": quality,
+            "steps": data.get("num_inference_steps")
+            or quality_steps(quality, config["DEFAULT_STEPS"]),
+            "guidance_scale": data.get("guidance_scale", config["DEFAULT_GUIDANCE_SCALE"]),
+            "seed": seed,
+            "response_format": data.get("response_format", "url"),
+            "output_format": data.get("output_format", "png"),
+            "output_compression": data.get("output_compression", 100),
+            "background": data.get("background", "auto"),
+        }
+
+
+generation_request = GenerationRequestSchema()
