@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,9 +17,8 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 def _model_name(model_id: str) -> str:
     """Name a model for clients: a local path is shown by its last part only."""
-    if os.sep in model_id and Path(model_id).exists():
-        return Path(model_id).name
-    return model_id
+    looks_local = model_id.startswith(("/", ".", "~")) or Path(model_id).exists()
+    return Path(model_id).name if looks_local else model_id
 
 
 def create_app(test_config: Mapping[str, Any] | None = None, *, load_model: bool = True) -> Flask:

@@ -62,7 +62,7 @@ def create_image() -> dict[str, Any]:
         height=params["height"],
         steps=params["steps"],
         guidance_scale=params["guidance_scale"],
-        seeds=tuple(params["seed"] + i for i in range(params["n"])),
+        seeds=params["seeds"],
     )
     images = _engine().generate(spec)
     return _render(images, spec, params)

@@ -174,6 +174,8 @@ class GenerationRequestSchema(Schema):
             or quality_steps(quality, config["DEFAULT_STEPS"]),
             "guidance_scale": data.get("guidance_scale", config["DEFAULT_GUIDANCE_SCALE"]),
             "seed": seed,
+            # Image i uses seed + i, wrapped so every returned seed can be sent back.
+            "seeds": tuple((seed + i) % (MAX_SEED + 1) for i in range(data.get("n", 1))),
             "response_format": data.get("response_format", "url"),
             "output_format": data.get("output_format", "png"),
             "output_compression": data.get("output_compression", 100),

@@ -1,0 +1,279 @@
+"""Unit tests of the generations request schema: defaults, limits and rejections."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from marshmallow import ValidationError
+
+from app import create_app
+from app.config import quality_steps
+from app.schemas import MAX_SEED, generation_request
+from tests.conftest import FAST
+
+
+@pytest.fixture
+def ctx(app: Flask) -> Iterator[Flask]:
+    """A request context on the session app, whose limits the schema reads."""
+    with app.test_request_context():
+        yield app
+
+
+def load(**fields: Any) -> dict[str, Any]:
+    return generation_request.load({"prompt": "a lighthouse at dusk", **fields})
+
+
+def test_absent_fields_resolve_to_the_configured_defaults(ctx: Flask) -> None:
+    params = load()
+    config = ctx.config
+    width, height = (int(side) for side in config["DEFAULT_SIZE"].split("x"))
+    assert params["prompt"] == "a lighthouse at dusk"
+    assert params["n"] == 1
+    assert (params["width"], params["height"]) == (width, height)
+    assert params["quality"] == "auto"
+    assert params["steps"] == config["DEFAULT_STEPS"]
+    assert params["guidance_scale"] == config["DEFAULT_GUIDANCE_SCALE"]
+    assert params["response_format"] == "url"
+    assert params["output_format"] == "png"
+    assert params["output_compression"] == 100
+    assert params["background"] == "auto"
+    assert params["negative_prompt"] is None
+    assert params["model"] is None
+    assert params["user"] is None
+
+
+def test_size_auto_means_the_default_size(ctx: Flask) -> None:
+    params = load(size="auto")
+    assert f"{params['width']}x{params['height']}" == ctx.config["DEFAULT_SIZE"]
+
+
+def test_size_is_parsed_as_width_by_height(ctx: Flask) -> None:
+    params = load(size="64x128")
+    assert (params["width"], params["height"]) == (64, 128)
+
+
+def test_null_optional_fields_mean_the_default(ctx: Flask) -> None:
+    nulls = {
+        name: None
+        for name in (
+            "model",
+            "n",
+            "size",
+            "quality",
+            "response_format",
+            "output_format",
+            "output_compression",
+            "style",
+            "user",
+            "background",
+            "moderation",
+            "stream",
+            "partial_images",
+            "seed",
+            "negative_prompt",
+            "num_inference_steps",
+            "guidance_scale",
+        )
+    }
+    params = load(**nulls)
+    defaults = load()
+    for key in defaults.keys() - {"seed", "seeds"}:
+        assert params[key] == defaults[key], key
+    assert 0 <= params["seed"] <= MAX_SEED
+
+
+def test_steps_follow_quality_low_auto_high(ctx: Flask) -> None:
+    steps = {quality: load(quality=quality)["steps"] for quality in ("low", "auto", "high")}
+    for quality in ("standard", "medium", "hd"):
+        steps[quality] = load(quality=quality)["steps"]
+    assert steps["low"] < steps["auto"] < steps["high"]
+    assert steps["auto"] == steps["standard"] == steps["medium"] == ctx.config["DEFAULT_STEPS"]
+    assert steps["high"] == steps["hd"]
+    for quality, count in steps.items():
+        assert count == quality_steps(quality, ctx.config["DEFAULT_STEPS"])
+
+
+def test_quality_steps_scale_a_production_default() -> None:
+    assert quality_steps("low", 28) == 14
+    assert quality_steps("auto", 28) == quality_steps("standard", 28) == 28
+    assert quality_steps("medium", 28) == 28
+    assert quality_steps("high", 28) == quality_steps("hd", 28) == 42
+    assert quality_steps("low", 1) == 1  # never zero steps
+
+
+def test_explicit_steps_win_over_quality(ctx: Flask) -> None:
+    assert load(quality="high", num_inference_steps=1)["steps"] == 1
+    assert load(quality="low", num_inference_steps=5)["steps"] == 5
+
+
+def test_a_given_seed_is_kept(ctx: Flask) -> None:
+    assert load(seed=0)["seed"] == 0
+    assert load(seed=1234)["seed"] == 1234
+    assert load(seed=MAX_SEED)["seed"] == MAX_SEED
+
+
+def test_an_absent_seed_is_random_and_in_range(ctx: Flask) -> None:
+    seeds = {load()["seed"] for _ in range(20)}
+    assert all(0 <= seed <= MAX_SEED for seed in seeds)
+    assert len(seeds) > 1
+
+
+def test_accepted_values_pass_through(ctx: Flask) -> None:
+    params = load(
+        model="tiny-random",
+        n=10,
+        quality="hd",
+        response_format="b64_json",
+        output_format="webp",
+        output_compression=0,
+        style="natural",
+        user="someone",
+        background="opaque",
+        moderation="low",
+        stream=False,
+        partial_images=0,
+        negative_prompt="blurry",
+        guidance_scale=0,
+    )
+    assert params["n"] == 10
+    assert params["response_format"] == "b64_json"
+    assert params["output_format"] == "webp"
+    assert params["output_compression"] == 0
+    assert params["background"] == "opaque"
+    assert params["negative_prompt"] == "blurry"
+    assert params["guidance_scale"] == 0.0
+    assert params["model"] == "tiny-random"
+    assert params["user"] == "someone"
+
+
+def test_limits_at_their_maximum_are_accepted(ctx: Flask) -> None:
+    config = ctx.config
+    assert load(prompt="p" * config["MAX_PROMPT_CHARS"])["prompt"]
+    assert load(negative_prompt="n" * config["MAX_PROMPT_CHARS"])["negative_prompt"]
+    assert load(num_inference_steps=config["MAX_STEPS"])["steps"] == config["MAX_STEPS"]
+    assert (
+        load(guidance_scale=config["MAX_GUIDANCE_SCALE"])["guidance_scale"]
+        == (config["MAX_GUIDANCE_SCALE"])
+    )
+    assert load(n=config["MAX_IMAGES_PER_REQUEST"])["n"] == config["MAX_IMAGES_PER_REQUEST"]
+    assert load(size="1536x1536")["width"] == 1536  # exactly MAX_IMAGE_PIXELS
+    assert load(size="2048x1152")["width"] == 2048  # MAX_IMAGE_SIDE, within the pixels
+
+
+REJECTED: list[tuple[str, Any]] = [
+    ("n", 0),
+    ("n", 11),
+    ("n", True),
+    ("n", "2"),
+    ("n", 1.5),
+    ("size", "100x100"),
+    ("size", "63x64"),
+    ("size", "48x64"),
+    ("size", "4096x4096"),
+    ("size", "2064x64"),
+    ("size", "1024"),
+    ("size", "axb"),
+    ("size", "2048x2048"),
+    ("size", ""),
+    ("size", 1024),
+    ("quality", "ultra"),
+    ("response_format", "xml"),
+    ("output_format", "gif"),
+    ("output_compression", 101),
+    ("output_compression", -1),
+    ("output_compression", 50.5),
+    ("seed", -1),
+    ("seed", 2**32),
+    ("seed", "7"),
+    ("seed", 1.0),
+    ("guidance_scale", float("inf")),
+    ("guidance_scale", -1),
+    ("guidance_scale", True),
+    ("guidance_scale", "7"),
+    ("guidance_scale", 30.5),
+    ("num_inference_steps", 0),
+    ("num_inference_steps", 101),
+    ("prompt", ""),
+    ("prompt", "p" * 4001),
+    ("prompt", None),
+    ("prompt", 42),
+    ("negative_prompt", "n" * 4001),
+    ("background", "transparent"),
+    ("stream", True),
+    ("stream", "false"),
+    ("style", "photographic"),
+    ("partial_images", 4),
+    ("foo", "bar"),
+]
+
+
+@pytest.mark.parametrize(("field", "value"), REJECTED)
+def test_rejected_value_raises_keyed_by_its_field(ctx: Flask, field: str, value: Any) -> None:
+    with pytest.raises(ValidationError) as caught:
+        load(**{field: value})
+    assert field in caught.value.messages, caught.value.messages
+
+
+def test_rejection_table_matches_the_session_limits(ctx: Flask) -> None:
+    # The table above hard-codes the default limits; make sure they are the ones in force.
+    config = ctx.config
+    assert config["MAX_IMAGES_PER_REQUEST"] == 10
+    assert config["MAX_STEPS"] == 100
+    assert config["MAX_PROMPT_CHARS"] == 4000
+    assert config["MAX_GUIDANCE_SCALE"] == 30.0
+    assert config["MAX_IMAGE_SIDE"] == 2048
+    assert config["MAX_IMAGE_PIXELS"] == 1536 * 1536
+
+
+def test_missing_prompt_is_rejected_as_required(ctx: Flask) -> None:
+    with pytest.raises(ValidationError) as caught:
+        generation_request.load({"n": 1})
+    assert caught.value.messages["prompt"] == ["Missing data for required field."]
+
+
+def test_unknown_field_is_rejected_as_unknown(ctx: Flask) -> None:
+    with pytest.raises(ValidationError) as caught:
+        load(foo="bar")
+    assert caught.value.messages["foo"] == ["Unknown field."]
+
+
+def test_oversized_image_message_says_to_ask_for_less(ctx: Flask) -> None:
+    with pytest.raises(ValidationError) as caught:
+        load(size="2048x2048")
+    assert "smaller" in str(caught.value.messages["size"])
+
+
+def test_limits_come_from_the_app_config_at_request_time(tmp_path: Path) -> None:
+    small = create_app(
+        {
+            **FAST,
+            "IMAGE_DIR": str(tmp_path / "images"),
+            "MAX_PROMPT_CHARS": 5,
+            "MAX_STEPS": 3,
+            "MAX_IMAGES_PER_REQUEST": 2,
+            "MAX_IMAGE_SIDE": 128,
+            "MAX_IMAGE_PIXELS": 64 * 128,
+            "DEFAULT_SIZE": "64x128",
+            "DEFAULT_STEPS": 28,
+        },
+        load_model=False,
+    )
+    with small.test_request_context():
+        params = generation_request.load({"prompt": "short"})
+        assert (params["width"], params["height"]) == (64, 128)
+        assert params["steps"] == 28
+        assert generation_request.load({"prompt": "short", "quality": "low"})["steps"] == 14
+        for field, value in [
+            ("prompt", "sixsix"),
+            ("num_inference_steps", 4),
+            ("n", 3),
+            ("size", "144x64"),
+            ("size", "128x128"),
+        ]:
+            with pytest.raises(ValidationError) as caught:
+                generation_request.load({"prompt": "short", field: value})
+            assert field in caught.value.messages
