@@ -5,6 +5,7 @@ environment variables named below.
 """
 
 import os
+import signal
 
 # Listen on every interface by default; `-b` or GUNICORN_BIND overrides.
 bind = os.environ.get("GUNICORN_BIND", "0.0.0.0:8000")
@@ -12,9 +13,15 @@ bind = os.environ.get("GUNICORN_BIND", "0.0.0.0:8000")
 # One process: a second worker would load a second copy of the model onto the GPU.
 workers = 1
 
-# Threads share the one loaded model; requests wait in the app, not in the socket backlog.
+# Threads share the one loaded model. Every request must get a thread at once, so that
+# the app's admission (run lane + MAX_QUEUE images, then 429) decides, not a backlog of
+# connections waiting for a thread: threads > MAX_CONCURRENT_GENERATIONS + MAX_QUEUE, plus
+# room for probes, metrics and image downloads. A request holds one thread whether it
+# asks for one image or ten, and the queue counts images, so this is always enough.
 worker_class = "gthread"
-threads = int(os.environ.get("GUNICORN_THREADS", "32"))
+_lane = max(1, int(os.environ.get("MAX_CONCURRENT_GENERATIONS", "1")))
+_queue = int(os.environ.get("MAX_QUEUE", "32"))
+threads = int(os.environ.get("GUNICORN_THREADS", str(_lane + _queue + 16)))
 
 # Never import the app in the master: CUDA cannot be re-initialised in a forked child.
 preload_app = False
@@ -23,7 +30,8 @@ preload_app = False
 # background thread, so neither slow loads nor long generations trip this timeout.
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "60"))
 
-# On SIGTERM, give running generations this long to finish before the worker is killed.
+# On SIGTERM, running and queued generations get this long to finish: above
+# REQUEST_TIMEOUT_SECONDS (300 by default), which bounds each of them.
 graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "330"))
 
 # Keep idle client connections briefly so scripts that poll reuse them.
@@ -37,3 +45,19 @@ forwarded_allow_ips = ""
 accesslog = "-"
 errorlog = "-"
 loglevel = os.environ.get("GUNICORN_LOG_LEVEL", "info")
+
+
+def post_worker_init(worker):
+    """Drain on SIGTERM, and exit to be restarted after a fatal device error."""
+    from app import drain
+
+    app = worker.wsgi
+    stop = signal.getsignal(signal.SIGTERM)
+
+    def drain_then_stop(signum, frame):
+        drain(app)
+        stop(signum, frame)
+
+    signal.signal(signal.SIGTERM, drain_then_stop)
+    # A SIGTERM to ourselves drains the other requests; the master starts a new worker.
+    app.extensions["engine"].on_fatal = lambda: os.kill(os.getpid(), signal.SIGTERM)

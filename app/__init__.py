@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -14,6 +15,8 @@ from app.config import load_config
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
+log = logging.getLogger(__name__)
+
 
 def _model_name(model_id: str) -> str:
     """Name a model for clients: a local path is shown by its last part only."""
@@ -21,12 +24,37 @@ def _model_name(model_id: str) -> str:
     return Path(model_id).name if looks_local else model_id
 
 
+def _live_state(engine: Any) -> dict[str, float]:
+    """Read what /metrics reports about the lane, readiness and GPU memory."""
+    import torch
+
+    state = {
+        "queue_depth": engine.lane.queued_requests,
+        "queued_images": engine.lane.queued_images,
+        "inflight_generations": engine.lane.running_images,
+        "model_loaded": float(engine.state == "ready"),
+    }
+    if engine.device is not None and engine.device.type == "cuda":
+        state["gpu_memory_allocated_bytes"] = torch.cuda.memory_allocated(engine.device)
+        state["gpu_memory_reserved_bytes"] = torch.cuda.memory_reserved(engine.device)
+    return state
+
+
+def drain(app: Flask) -> None:
+    """Stop admitting generations; readiness turns false, admitted work still finishes."""
+    app.extensions["engine"].lane.drain()
+    log.info("draining: no new generations are admitted")
+
+
 def create_app(test_config: Mapping[str, Any] | None = None, *, load_model: bool = True) -> Flask:
     """Create the app: config, logging, engine, image store, blueprints, error handlers."""
     from app import api, files, probes
+    from app import metrics as metrics_module
     from app.engine import Engine
     from app.errors import register_error_handlers
     from app.images import ImageStore
+    from app.lane import Lane
+    from app.metrics import Metrics, init_request_metrics
     from app.request_ids import configure_logging, init_request_ids
 
     # No built-in static route: app/files.py decides what under static/ may be served.
@@ -48,22 +76,33 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, load_model: bool
 
     store = ImageStore(app.config["IMAGE_DIR"])
     store.ensure_directory()
+    metrics = Metrics()
+    lane = Lane(
+        app.config["MAX_CONCURRENT_GENERATIONS"],
+        app.config["MAX_QUEUE"],
+        batch_max_images=app.config["BATCH_MAX_SIZE"],
+        batch_wait=app.config["BATCH_WAIT_MS"] / 1000,
+    )
     engine = Engine(
         app.config["MODEL_ID"],
+        lane,
         device=app.config["DEVICE"],
         dtype=app.config["DTYPE"],
         cache_dir=app.config["MODEL_CACHE_DIR"],
-        max_concurrent=app.config["MAX_CONCURRENT_GENERATIONS"],
         retry_after=app.config["LOAD_RETRY_AFTER_SECONDS"],
+        warmup=app.config["WARMUP"],
+        metrics=metrics,
     )
+    metrics.watch(lambda: _live_state(engine))
     app.extensions["image_store"] = store
     app.extensions["engine"] = engine
+    app.extensions["metrics"] = metrics
 
     init_request_ids(app)
+    init_request_metrics(app, metrics)
     register_error_handlers(app)
-    app.register_blueprint(api.bp)
-    app.register_blueprint(files.bp)
-    app.register_blueprint(probes.bp)
+    for blueprint in (api.bp, files.bp, probes.bp, metrics_module.bp):
+        app.register_blueprint(blueprint)
 
     if load_model:
         engine.start()

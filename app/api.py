@@ -48,6 +48,7 @@ def _check_model(name: str | None) -> None:
 @bp.post("/images/generations")
 def create_image() -> dict[str, Any]:
     """Generate images from a prompt, as OpenAI's images.generate does."""
+    started = time.monotonic()
     params = generation_request.load(_json_object())
     _check_model(params["model"])
     log.info(
@@ -64,7 +65,8 @@ def create_image() -> dict[str, Any]:
         guidance_scale=params["guidance_scale"],
         seeds=params["seeds"],
     )
-    images = _engine().generate(spec)
+    deadline = started + current_app.config["REQUEST_TIMEOUT_SECONDS"]
+    images = _engine().generate(spec, deadline)
     return _render(images, spec, params)
 
 

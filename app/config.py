@@ -12,7 +12,6 @@ from typing import Any
 
 DEFAULT_MODEL_ID = "stabilityai/stable-diffusion-3-medium-diffusers"
 
-# name -> (default, parser). The parser turns an environment string into the value.
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -27,6 +26,7 @@ def _parse_bool(raw: str) -> bool:
     raise ValueError(f"expected one of {sorted(_TRUE | _FALSE)}, got {raw!r}")
 
 
+# name -> (default, parser). The parser turns an environment string into the value.
 SETTINGS: dict[str, tuple[Any, Any]] = {
     # Model
     "MODEL_ID": (DEFAULT_MODEL_ID, str),
@@ -46,7 +46,13 @@ SETTINGS: dict[str, tuple[Any, Any]] = {
     "MAX_STEPS": (100, int),
     "DEFAULT_GUIDANCE_SCALE": (7.0, float),
     "MAX_GUIDANCE_SCALE": (30.0, float),
+    # Load: the GPU lane, its queue, deadlines and micro-batching
     "MAX_CONCURRENT_GENERATIONS": (1, int),  # pipeline calls at once; 0 means unbounded
+    "MAX_QUEUE": (32, int),  # images waiting for the lane before 429
+    "REQUEST_TIMEOUT_SECONDS": (300.0, float),
+    "BATCH_MAX_SIZE": (1, int),  # images per pipeline call; 1 turns batching off
+    "BATCH_WAIT_MS": (10.0, float),  # how long a batch leader waits for company
+    "WARMUP": (True, _parse_bool),  # one small generation before /readyz says ready
     # HTTP
     "IMAGE_DIR": ("", str),  # empty means static/images next to the app package
     "PUBLIC_BASE_URL": ("", str),

@@ -10,12 +10,13 @@ seed gives the same image whatever runs beside it.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import inspect
+import math
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,13 @@ from typing import Any
 import torch
 from PIL import Image
 
+from app.lane import DeadlineExceeded, Job, Lane
+from app.metrics import Metrics
+
 log = logging.getLogger(__name__)
+
+# Built-in random-weight models: offline tests and demos, and GPU benchmarks.
+SD3_MEDIUM_RANDOM_ID = "sd3-medium-random"
 
 _DTYPES = {
     "bfloat16": torch.bfloat16,
@@ -55,6 +62,10 @@ class GenerationOutOfMemory(GenerationError):
     """The pipeline call ran out of device memory; retrying may succeed."""
 
 
+class FatalDeviceError(GenerationError):
+    """The device is in an unrecoverable state; the worker must be restarted."""
+
+
 class UnsupportedParameter(Exception):
     """The served pipeline cannot honour a request parameter."""
 
@@ -74,6 +85,23 @@ class GenerationSpec:
     steps: int
     guidance_scale: float
     seeds: tuple[int, ...]
+
+
+# Messages of CUDA errors after which the context is unusable for the whole process.
+_FATAL_MARKERS = (
+    "illegal memory access",
+    "device-side assert",
+    "unspecified launch failure",
+    "misaligned address",
+    "illegal instruction",
+    "uncorrectable ECC error",
+    "CUBLAS_STATUS_EXECUTION_FAILED",
+)
+
+
+def is_fatal_device_error(exc: BaseException) -> bool:
+    """Return whether `exc` leaves the CUDA context unusable."""
+    return isinstance(exc, RuntimeError) and any(m in str(exc) for m in _FATAL_MARKERS)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -127,26 +155,28 @@ class Engine:
     def __init__(
         self,
         model_id: str,
+        lane: Lane,
         *,
         device: str = "auto",
         dtype: str = "auto",
         cache_dir: str | Path = "instance/models",
-        max_concurrent: int = 1,
         retry_after: int = 10,
+        warmup: bool = True,
+        metrics: Metrics | None = None,
     ) -> None:
         self.model_id = model_id
+        self.lane = lane
         self._device_name = device
         self._dtype_name = dtype
         self._cache_dir = Path(cache_dir)
         self._retry_after = retry_after
-        # Pipeline calls in parallel on one device add no throughput, only latency.
-        self._lane = (
-            threading.BoundedSemaphore(max_concurrent)
-            if max_concurrent > 0
-            else contextlib.nullcontext()
-        )
+        self._warmup = warmup
+        self._metrics = metrics
+        # Called after a fatal device error; Gunicorn's hook sets it to restart the worker.
+        self.on_fatal: Callable[[], None] | None = None
         self._shared: Any = None
         self._failure: str | None = None
+        self._fatal: str | None = None
         self._loaded = threading.Event()
         self._local = threading.local()
         self._call_parameters: frozenset[str] = frozenset()
@@ -160,27 +190,39 @@ class Engine:
         threading.Thread(target=self.load, name="model-loader", daemon=True).start()
 
     def load(self) -> None:
-        """Load the shared pipeline now; record a readable reason if it fails."""
+        """Load and warm up the shared pipeline; record a readable reason if it fails."""
         started = time.monotonic()
         try:
             self._shared = self._load_pipeline()
-        except Exception as exc:  # any failure must leave a reason, not a dead thread
-            self._failure = _explain_load_failure(exc)
-            log.error("model %r failed to load: %s", self.model_id, self._failure, exc_info=exc)
-        else:
             self._call_parameters = frozenset(
                 inspect.signature(type(self._shared).__call__).parameters
             )
-            log.info(
-                "model %r loaded as %s on %s in %s in %.1fs",
-                self.model_id,
-                type(self._shared).__name__,
-                self.device,
-                self.dtype,
-                time.monotonic() - started,
-            )
-        finally:
+        except Exception as exc:  # any failure must leave a reason, not a dead thread
+            self._failure = _explain_load_failure(exc)
+            log.error("model %r failed to load: %s", self.model_id, self._failure, exc_info=exc)
             self._loaded.set()
+            return
+        log.info(
+            "model %r loaded as %s on %s in %s in %.1fs",
+            self.model_id, type(self._shared).__name__, self.device, self.dtype,
+            time.monotonic() - started,
+        )  # fmt: skip
+        if self._warmup:
+            self._warm_up()
+        self._loaded.set()
+
+    def _warm_up(self) -> None:
+        """Run one small generation so the first request pays no start-up costs."""
+        started = time.monotonic()
+        spec = GenerationSpec("warm-up", None, 64, 64, 2, 1.0, (0,))
+        try:
+            pipeline = self._derive(self._shared)
+            self._run_batch([Job((spec, pipeline, _generators(spec)), 1, math.inf)])
+        except Exception as exc:
+            self._failure = "The warm-up generation failed; see the server log."
+            log.error("warm-up generation failed", exc_info=exc)
+        else:
+            log.info("warm-up generation took %.2fs", time.monotonic() - started)
 
     def _load_pipeline(self) -> Any:
         # Imported here, in the loader thread, so the worker answers while they import.
@@ -204,12 +246,19 @@ class Engine:
         self.device = resolve_device(self._device_name)
         self.dtype = resolve_dtype(self._dtype_name, self.device)
         source: str | Path = self.model_id
-        if self.model_id == TINY_MODEL_ID:
+        if self.model_id in (TINY_MODEL_ID, SD3_MEDIUM_RANDOM_ID):
             for _ in range(3):
                 log.warning(
-                    "MODEL_ID=tiny-random: RANDOM WEIGHTS, every image is NOISE. "
-                    "For tests and offline demos only."
+                    "MODEL_ID=%s: RANDOM WEIGHTS, every image is NOISE. "
+                    "For tests, benchmarks and offline demos only.",
+                    self.model_id,
                 )
+        if self.model_id == SD3_MEDIUM_RANDOM_ID:
+            from app.sd3_medium_random import build_sd3_medium_random
+
+            # Built in place on the device, in the dtype: nothing to load.
+            return build_sd3_medium_random(self.device, self.dtype)
+        if self.model_id == TINY_MODEL_ID:
             source = ensure_tiny_sd3(self._cache_dir)
         log.info("loading model %r on %s in %s", self.model_id, self.device, self.dtype)
         # The generic loader picks the pipeline class from model_index.json, so SDXL or
@@ -219,20 +268,29 @@ class Engine:
         return pipeline
 
     def wait_until_loaded(self, timeout: float | None = None) -> bool:
-        """Block until loading has finished, either way; return whether it finished."""
+        """Block until loading (and warm-up) has finished, either way."""
         return self._loaded.wait(timeout)
 
     @property
     def state(self) -> str:
-        """Return "loading", "ready" or "failed"."""
+        """Return "loading", "ready", "failed", "fatal" or "draining"."""
         if not self._loaded.is_set():
             return "loading"
-        return "failed" if self._failure else "ready"
+        if self._failure:
+            return "failed"
+        if self._fatal:
+            return "fatal"
+        return "draining" if self.lane.draining else "ready"
 
     @property
-    def failure(self) -> str | None:
-        """Return why loading failed, if it did."""
-        return self._failure
+    def reason(self) -> str | None:
+        """Say why the engine is not ready, or None when it is."""
+        return {
+            "loading": "model is loading",
+            "failed": self._failure,
+            "fatal": self._fatal,
+            "draining": "server is shutting down",
+        }.get(self.state)
 
     @property
     def shared(self) -> Any:
@@ -241,13 +299,17 @@ class Engine:
             raise ModelLoading(self._retry_after)
         if self._failure:
             raise ModelLoadFailed(self._failure)
+        if self._fatal:
+            raise FatalDeviceError(self._fatal)
         return self._shared
 
     # -- generation ------------------------------------------------------------------
 
     def derive_pipeline(self) -> Any:
         """Build a pipeline around the shared modules with per-request mutable parts."""
-        shared = self.shared
+        return self._derive(self.shared)
+
+    def _derive(self, shared: Any) -> Any:
         components = dict(shared.components)
         # Schedulers keep step state: a fresh one per request, from the shared config.
         components["scheduler"] = type(shared.scheduler).from_config(shared.scheduler.config)
@@ -270,35 +332,100 @@ class Engine:
             self._local.tokenizers = tokenizers
         return tokenizers
 
-    def generate(self, spec: GenerationSpec) -> list[Image.Image]:
-        """Run the pipeline for `spec`; return one PIL image per seed, in order."""
-        pipeline = self.derive_pipeline()
+    def generate(self, spec: GenerationSpec, deadline: float) -> list[Image.Image]:
+        """Queue `spec` for the lane; return one PIL image per seed, in order.
+
+        Raises Overloaded or Draining (not admitted), DeadlineExceeded, or a GenerationError.
+        """
+        if spec.negative_prompt and "negative_prompt" not in self._call_parameters:
+            self.shared  # noqa: B018 -- a model that is not loaded says so first
+            raise UnsupportedParameter(
+                "negative_prompt", "The served model does not support negative_prompt."
+            )
+        # The request thread derives its own pipeline and generators before queueing.
+        job = Job(
+            payload=(spec, self.derive_pipeline(), _generators(spec)),
+            images=len(spec.seeds),
+            deadline=deadline,
+            batch_key=(spec.width, spec.height, spec.steps, spec.guidance_scale,
+                       spec.negative_prompt is not None),
+        )  # fmt: skip
+        return self.lane.run(job, self._run_batch)
+
+    def _run_batch(self, jobs: list[Job]) -> list[list[Image.Image]]:
+        """Run one pipeline call for `jobs`; return each job's images."""
+        specs: list[GenerationSpec] = [job.payload[0] for job in jobs]
+        first = specs[0]
+        if self._metrics:
+            for job in jobs:
+                if job.started_at is not None:
+                    self._metrics.queue_wait.observe(job.started_at - job.enqueued_at)
         kwargs: dict[str, Any] = {
-            "prompt": spec.prompt,
-            "num_images_per_prompt": len(spec.seeds),
-            "height": spec.height,
-            "width": spec.width,
-            "num_inference_steps": spec.steps,
-            "guidance_scale": spec.guidance_scale,
-            # CPU generators: the same seed gives the same noise on any device.
-            "generator": [torch.Generator("cpu").manual_seed(seed) for seed in spec.seeds],
+            "height": first.height,
+            "width": first.width,
+            "num_inference_steps": first.steps,
+            "guidance_scale": first.guidance_scale,
+            "generator": [g for job in jobs for g in job.payload[2]],
             "output_type": "pil",
         }
-        if spec.negative_prompt:
-            if "negative_prompt" not in self._call_parameters:
-                raise UnsupportedParameter(
-                    "negative_prompt", "The served model does not support negative_prompt."
-                )
-            kwargs["negative_prompt"] = spec.negative_prompt
+        if len(jobs) == 1:
+            kwargs["prompt"] = first.prompt
+            kwargs["num_images_per_prompt"] = len(first.seeds)
+            if first.negative_prompt:
+                kwargs["negative_prompt"] = first.negative_prompt
+        else:
+            # One prompt entry per image, so image i of the batch gets generator i.
+            kwargs["prompt"] = [s.prompt for s in specs for _ in s.seeds]
+            if first.negative_prompt is not None:
+                kwargs["negative_prompt"] = [s.negative_prompt for s in specs for _ in s.seeds]
+        if "callback_on_step_end" in self._call_parameters:
+            kwargs["callback_on_step_end"] = _stop_when_all_expired(jobs)
+        started = time.monotonic()
         try:
-            with self._lane:
-                return list(pipeline(**kwargs).images)
+            images = list(jobs[0].payload[1](**kwargs).images)
+        except DeadlineExceeded:
+            raise
         except torch.OutOfMemoryError as exc:
             self._release_memory()
             raise GenerationOutOfMemory(str(exc)) from exc
         except Exception as exc:
+            if is_fatal_device_error(exc):
+                self._declare_fatal(exc)
+                raise FatalDeviceError(self._fatal or "") from exc
             raise GenerationError(f"{type(exc).__name__} during generation") from exc
+        if self._metrics:
+            self._metrics.generation_time.observe(time.monotonic() - started)
+            self._metrics.images.inc(len(images))
+        results, start = [], 0
+        for spec in specs:
+            results.append(images[start : start + len(spec.seeds)])
+            start += len(spec.seeds)
+        return results
+
+    def _declare_fatal(self, exc: BaseException) -> None:
+        """Mark the worker unready for good and ask for it to be restarted."""
+        self._fatal = "A fatal device error occurred; the worker is restarting."
+        log.critical("fatal device error, the worker will exit: %s", exc)
+        if self.on_fatal:
+            self.on_fatal()
 
     def _release_memory(self) -> None:
         if self.device is not None and self.device.type == "cuda":
             torch.cuda.empty_cache()
+
+
+def _generators(spec: GenerationSpec) -> list[torch.Generator]:
+    """Return one CPU generator per image: the same seed gives the same noise anywhere."""
+    return [torch.Generator("cpu").manual_seed(seed) for seed in spec.seeds]
+
+
+def _stop_when_all_expired(jobs: list[Job]) -> Callable[..., dict[str, Any]]:
+    """Return a step-end callback that stops the call once nobody waits for it."""
+
+    def callback(pipeline: Any, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict:
+        now = time.monotonic()
+        if all(job.expired(now) for job in jobs):
+            raise DeadlineExceeded(ran=True)
+        return kwargs
+
+    return callback

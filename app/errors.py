@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, Response, jsonify
+from flask import Flask, Response, current_app, jsonify
 from marshmallow import ValidationError
 from werkzeug.exceptions import HTTPException
 
 from app.engine import (
+    FatalDeviceError,
     GenerationError,
     GenerationOutOfMemory,
     ModelLoadFailed,
@@ -21,6 +22,7 @@ from app.engine import (
     UnsupportedParameter,
 )
 from app.images import StorageError
+from app.lane import DeadlineExceeded, Draining, Overloaded
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +62,7 @@ def error_response(error: APIError) -> Response:
     response = jsonify(body)
     response.status_code = error.status
     response.headers.update(error.headers)
+    current_app.extensions["metrics"].errors.labels(error.code or "unknown").inc()
     return response
 
 
@@ -144,6 +147,60 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(UnsupportedParameter)
     def handle_unsupported_parameter(exc: UnsupportedParameter) -> Response:
         return error_response(APIError(str(exc), param=exc.param, code="unsupported_parameter"))
+
+    @app.errorhandler(Overloaded)
+    def handle_overloaded(exc: Overloaded) -> Response:
+        current_app.extensions["metrics"].rejections.labels("queue_full").inc()
+        return error_response(
+            APIError(
+                "The server is overloaded: its queue is full. Retry after the number of "
+                "seconds in the Retry-After header.",
+                status=429,
+                type="server_overloaded",
+                code="server_overloaded",
+                headers={"Retry-After": str(exc.retry_after)},
+            )
+        )
+
+    @app.errorhandler(Draining)
+    def handle_draining(exc: Draining) -> Response:
+        current_app.extensions["metrics"].rejections.labels("draining").inc()
+        return error_response(
+            APIError(
+                "The server is shutting down and accepts no new generations; retry on "
+                "another instance or after it restarts.",
+                status=503,
+                type="server_error",
+                code="server_draining",
+                headers={"Retry-After": "5"},
+            )
+        )
+
+    @app.errorhandler(DeadlineExceeded)
+    def handle_deadline(exc: DeadlineExceeded) -> Response:
+        where = "while generating" if exc.ran else "while waiting in the queue"
+        return error_response(
+            APIError(
+                f"The request timed out {where} (REQUEST_TIMEOUT_SECONDS="
+                f"{current_app.config['REQUEST_TIMEOUT_SECONDS']:g}); ask for fewer, smaller "
+                "images or fewer steps, or retry later.",
+                status=504,
+                type="timeout_error",
+                code="request_timeout",
+            )
+        )
+
+    @app.errorhandler(FatalDeviceError)
+    def handle_fatal_device_error(exc: FatalDeviceError) -> Response:
+        return error_response(
+            APIError(
+                "The accelerator failed; this worker is restarting. Retry shortly.",
+                status=503,
+                type="server_error",
+                code="device_error",
+                headers={"Retry-After": "10"},
+            )
+        )
 
     @app.errorhandler(GenerationOutOfMemory)
     def handle_out_of_memory(exc: GenerationOutOfMemory) -> Response:

@@ -15,10 +15,8 @@ def healthz() -> dict[str, str]:
 
 @bp.get("/readyz")
 def readyz() -> tuple[dict[str, str | None], int]:
-    """Answer 200 once the model is loaded, 503 with the reason before or on failure."""
+    """Answer 200 once the model is loaded and warm; 503 with the reason otherwise."""
     engine = current_app.extensions["engine"]
-    state = engine.state
-    if state == "ready":
+    if engine.state == "ready":
         return {"status": "ready", "reason": None}, 200
-    reason = "model is loading" if state == "loading" else engine.failure
-    return {"status": state, "reason": reason}, 503
+    return {"status": engine.state, "reason": engine.reason}, 503

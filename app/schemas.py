@@ -26,6 +26,8 @@ _SIZE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
 class StrictInteger(fields.Integer):
     """A JSON integer: no strings, floats or booleans."""
 
+    default_error_messages = {"invalid": "must be an integer."}
+
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise self.make_error("invalid", input=value)
@@ -34,6 +36,8 @@ class StrictInteger(fields.Integer):
 
 class StrictNumber(fields.Float):
     """A finite JSON number: no strings, booleans, NaN or infinity."""
+
+    default_error_messages = {"invalid": "must be a finite number."}
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> float:
         if (
@@ -47,6 +51,8 @@ class StrictNumber(fields.Float):
 
 class StrictBoolean(fields.Boolean):
     """A JSON boolean: no strings or numbers."""
+
+    default_error_messages = {"invalid": "must be true or false."}
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> bool:
         if not isinstance(value, bool):
@@ -96,7 +102,9 @@ class GenerationRequestSchema(Schema):
     class Meta:
         unknown = RAISE
 
-    prompt = fields.String(required=True, validate=validate.Length(min=1))
+    prompt = fields.String(
+        required=True, validate=validate.Length(min=1, error="must not be empty.")
+    )
     model = fields.String(allow_none=True, validate=validate.Length(max=256))
     n = StrictInteger(allow_none=True, validate=validate.Range(min=1))
     size = fields.String(allow_none=True)
