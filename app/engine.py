@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import copy
 import inspect
-import math
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable

@@ -1,0 +1,220 @@
+"""Serving under load, black-box: 429s, deadlines, drain, probes, metrics, faults."""
+
+from __future__ import annotations
+
+import re
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.conftest import FAST, assert_openai_error
+from tests.server import GunicornServer
+
+SMALL = {"size": "64x64", "num_inference_steps": 2}
+# Long enough on this CPU to still be running when the test acts (about 2-5 s).
+SLOW = {"size": "512x512", "num_inference_steps": 40}
+
+
+def _env(model_cache: Path, image_dir: Path, **extra: object) -> dict[str, object]:
+    return {**FAST, "MODEL_CACHE_DIR": model_cache, "IMAGE_DIR": image_dir, **extra}
+
+
+def _post(base: str, body: dict, timeout: float = 300) -> requests.Response:
+    return requests.post(f"{base}/v1/images/generations", json=body, timeout=timeout)
+
+
+def _wait_for(condition, timeout: float = 60, what: str = "condition") -> None:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def _metric(base: str, name: str, labels: str = "") -> float:
+    text = requests.get(f"{base}/metrics", timeout=10).text
+    pattern = rf"^{re.escape(name)}{re.escape(labels)} (\S+)$" if labels else rf"^{name} (\S+)$"
+    match = re.search(pattern, text, re.MULTILINE)
+    return float(match[1]) if match else 0.0
+
+
+def _queue_depth(base: str) -> float:
+    return _metric(base, "image_server_queue_depth")
+
+
+def test_flood_gets_429_with_retry_after_and_every_admitted_request_succeeds(
+    model_cache: Path, tmp_path: Path
+) -> None:
+    env = _env(model_cache, tmp_path, MAX_CONCURRENT_GENERATIONS=1, MAX_QUEUE=3)
+    with GunicornServer(env) as server:
+        base = server.base_url
+        with ThreadPoolExecutor(12) as pool:
+            futures = [pool.submit(_post, base, {"prompt": f"p{i}", **SLOW}) for i in range(12)]
+            responses = [future.result() for future in futures]
+        ok = [r for r in responses if r.status_code == 200]
+        refused = [r for r in responses if r.status_code == 429]
+        assert len(ok) + len(refused) == 12, [r.status_code for r in responses]
+        assert ok and refused  # at first one running and three queued, the rest refused
+        for response in refused:
+            error = assert_openai_error(
+                response.status_code, response.content, response.headers, 429,
+                code="server_overloaded",
+            )  # fmt: skip
+            assert error["type"] == "server_overloaded"
+            assert int(response.headers["Retry-After"]) >= 1
+        for response in ok:
+            url = response.json()["data"][0]["url"]
+            assert requests.get(url, timeout=10).status_code == 200
+        assert _metric(base, "image_server_rejections_total", '{reason="queue_full"}') == len(
+            refused
+        )
+
+
+def test_deadline_stops_a_running_generation_and_frees_the_lane(
+    model_cache: Path, tmp_path: Path
+) -> None:
+    env = _env(model_cache, tmp_path, REQUEST_TIMEOUT_SECONDS=1.5)
+    with GunicornServer(env) as server:
+        base = server.base_url
+        # Far more than 1.5 s of work: stopped at a step boundary, not run to the end.
+        big = {"prompt": "big", "size": "1024x1024", "num_inference_steps": 100}
+        started = time.monotonic()
+        with ThreadPoolExecutor(2) as pool:
+            running = pool.submit(_post, base, big)
+            _wait_for(lambda: _metric(base, "image_server_inflight_generations") == 1)
+            queued = pool.submit(_post, base, {"prompt": "queued", **SLOW, "n": 1})
+            timed_out, queued_response = running.result(), queued.result()
+        elapsed = time.monotonic() - started
+        for response in (timed_out, queued_response):
+            assert_openai_error(response.status_code, response.content, response.headers, 504,
+                                code="request_timeout")  # fmt: skip
+        assert "while generating" in timed_out.json()["error"]["message"]
+        # 100 steps at 1024x1024 take far longer than this on any CPU (about 10 s here).
+        assert elapsed < 60
+        # The lane is free at once: the next request succeeds.
+        assert _post(base, {"prompt": "after", **SMALL}).status_code == 200
+
+
+def test_probes_and_metrics_report_readiness_and_move(model_cache: Path, tmp_path: Path) -> None:
+    with GunicornServer(_env(model_cache, tmp_path)) as server:
+        base = server.base_url
+        assert requests.get(f"{base}/healthz", timeout=5).status_code == 200
+        ready = requests.get(f"{base}/readyz", timeout=5)
+        assert ready.status_code == 200 and ready.json()["status"] == "ready"
+        assert _metric(base, "image_server_model_loaded") == 1
+        before = _metric(base, "image_server_images_generated_total")
+        assert _post(base, {"prompt": "a", "n": 2, **SMALL}).status_code == 200
+        _post(base, {"prompt": "a", "n": 0})
+        assert _metric(base, "image_server_images_generated_total") == before + 2
+        assert _metric(base, "image_server_generation_seconds_count") >= 1
+        assert _metric(base, "image_server_queue_wait_seconds_count") >= 1
+        assert (
+            _metric(base, "image_server_requests_total",
+                    '{endpoint="/v1/images/generations",status="200"}') == 1
+        )  # fmt: skip
+        assert (
+            _metric(base, "image_server_requests_total",
+                    '{endpoint="/v1/images/generations",status="400"}') == 1
+        )  # fmt: skip
+        assert _metric(base, "image_server_errors_total", '{kind="invalid_value"}') == 1
+        assert _queue_depth(base) == 0
+        metrics_response = requests.get(f"{base}/metrics", timeout=5)
+        assert metrics_response.headers["Content-Type"].startswith("text/plain")
+
+
+def test_sigterm_drains_running_and_queued_requests_then_exits(
+    model_cache: Path, tmp_path: Path
+) -> None:
+    server = GunicornServer(_env(model_cache, tmp_path)).start()
+    try:
+        base = server.base_url
+        with requests.Session() as session, ThreadPoolExecutor(2) as pool:
+            assert session.get(f"{base}/healthz", timeout=5).status_code == 200  # keep-alive
+            running = pool.submit(_post, base, {"prompt": "running", **SLOW})
+            _wait_for(lambda: _metric(base, "image_server_inflight_generations") == 1)
+            queued = pool.submit(_post, base, {"prompt": "queued", **SMALL})
+            _wait_for(lambda: _queue_depth(base) == 1, what="a queued request")
+            assert server.process is not None
+            server.process.send_signal(signal.SIGTERM)
+            # Requests on a kept-alive connection are still answered while draining.
+            refused = session.post(f"{base}/v1/images/generations",
+                                   json={"prompt": "late", **SMALL}, timeout=10)  # fmt: skip
+            readiness = session.get(f"{base}/readyz", timeout=10)
+            finished = [running.result(), queued.result()]
+        assert_openai_error(refused.status_code, refused.content, refused.headers, 503,
+                            code="server_draining")  # fmt: skip
+        assert readiness.status_code == 503 and readiness.json()["status"] == "draining"
+        for response in finished:
+            assert response.status_code == 200, response.text
+            assert response.json()["data"][0]["url"]
+        assert server.process.wait(timeout=60) == 0
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def faulty(model_cache: Path, tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+    """A server whose pipeline raises injected faults for marked prompts."""
+    env = _env(model_cache, tmp_path_factory.mktemp("faulty"))
+    with GunicornServer(env, app="tests.faulty_wsgi:app") as server:
+        yield server
+
+
+def test_out_of_memory_fails_only_its_request_and_the_next_succeeds(faulty) -> None:  # noqa: ANN001
+    base = faulty.base_url
+    response = _post(base, {"prompt": "inject:oom", **SMALL})
+    assert_openai_error(response.status_code, response.content, response.headers, 503,
+                        code="out_of_memory")  # fmt: skip
+    assert response.headers["Retry-After"]
+    assert _post(base, {"prompt": "fine", **SMALL}).status_code == 200
+    assert requests.get(f"{base}/readyz", timeout=5).status_code == 200
+
+
+def test_pipeline_exception_is_500_without_details_and_the_next_succeeds(faulty) -> None:  # noqa: ANN001
+    base = faulty.base_url
+    response = _post(base, {"prompt": "inject:error", **SMALL})
+    error = assert_openai_error(response.status_code, response.content, response.headers, 500,
+                                code="generation_failed")  # fmt: skip
+    assert "boom" not in error["message"] and "secret" not in response.text
+    assert _post(base, {"prompt": "fine", **SMALL}).status_code == 200
+    assert "boom in /srv/secret/module.py" in faulty.log()  # logged, with the request id
+    request_id = response.headers["x-request-id"]
+    assert f"[{request_id}]" in faulty.log()
+
+
+def test_fatal_device_error_makes_the_worker_exit_and_gunicorn_restart_it(
+    model_cache: Path, tmp_path: Path
+) -> None:
+    env = _env(model_cache, tmp_path)
+    with GunicornServer(env, app="tests.faulty_wsgi:app") as server:
+        base = server.base_url
+        response = _post(base, {"prompt": "inject:fatal", **SMALL})
+        assert_openai_error(response.status_code, response.content, response.headers, 503,
+                            code="device_error")  # fmt: skip
+        # The old worker exits and the master boots a new one, which loads and serves.
+        _wait_for(lambda: server.log().count("Booting worker") == 2, what="a new worker")
+        server.wait_ready()
+        assert _post(base, {"prompt": "fine", **SMALL}).status_code == 200
+        assert "fatal device error" in server.log()
+
+
+def test_concurrent_admitted_requests_all_succeed_under_the_lane(
+    model_cache: Path, tmp_path: Path
+) -> None:
+    env = _env(model_cache, tmp_path, MAX_QUEUE=64)
+    with GunicornServer(env) as server:
+        results: list[int] = []
+        lock = threading.Lock()
+
+        def one(i: int) -> None:
+            status = _post(server.base_url, {"prompt": f"p{i}", **SMALL}).status_code
+            with lock:
+                results.append(status)
+
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(one, range(32)))
+        assert results.count(200) == 32
