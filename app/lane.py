@@ -134,6 +134,9 @@ class Lane:
         if batch is None:  # a leader ran it as part of its batch
             return self._outcome(job)
         self._run_as_leader(batch, run_batch)
+        if job.error is None and job.expired():
+            # Its followers kept the call going; past its own deadline it answers as they do.
+            raise DeadlineExceeded(ran=True)
         return self._outcome(job)
 
     def _admit(self, job: Job) -> None:
@@ -155,7 +158,7 @@ class Lane:
                     if remaining <= 0:
                         job.cancelled = True
                         raise DeadlineExceeded(ran=True)
-                    self._cond.wait(remaining)
+                    self._cond.wait(min(remaining, threading.TIMEOUT_MAX))
                 return None
             if self._waiting[0] is job and self._running_batches < self.slots:
                 self._waiting.popleft()
@@ -168,7 +171,7 @@ class Lane:
                 self._waiting.remove(job)
                 self._cond.notify_all()
                 raise DeadlineExceeded(ran=False)
-            self._cond.wait(remaining)
+            self._cond.wait(min(remaining, threading.TIMEOUT_MAX))
 
     def _collect(self, batch: list[Job]) -> None:
         """Add compatible waiting jobs to the leader's batch, waiting up to batch_wait."""
@@ -188,7 +191,7 @@ class Lane:
                 remaining = give_up_at - time.monotonic()
                 if images >= self.batch_max_images or remaining <= 0:
                     break
-                self._cond.wait(remaining)
+                self._cond.wait(min(remaining, threading.TIMEOUT_MAX))
             self._running_images += images
             self._cond.notify_all()
 

@@ -1,0 +1,176 @@
+"""Micro-batching on the real tiny pipeline, in-process.
+
+A spy wraps the engine's `_run_batch` (it calls the real method) to record which requests
+shared a pipeline call, and holds the first, incompatible request inside the lane until
+the compatible ones are queued behind it; then they run as one batch. Each batched
+request must get exactly the images it gets alone, give or take batched-matmul rounding.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from flask import Flask
+
+from app.engine import GenerationSpec
+from app.lane import Job
+from tests.conftest import b64_pixels, make_app
+
+WAIT = 60.0  # upper bound for every wait; a healthy run never gets near it
+# Batched and unbatched pixels may differ by rounding in batched matmuls: on CPU in float32
+# the tiny model differs by at most 1 in a handful of pixel values, while images of
+# different requests differ by hundreds.
+TOLERANCE = 8
+HOLDER = {"prompt": "holder", "size": "128x128", "seed": 1}  # incompatible batch key
+
+
+@pytest.fixture(scope="module")
+def batched(model_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Flask:
+    return make_app(model_cache, tmp_path_factory.mktemp("batched"),
+                    MAX_CONCURRENT_GENERATIONS=1, BATCH_MAX_SIZE=8, BATCH_WAIT_MS=300)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def alone(model_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Flask:
+    """The same server without batching: every request is its own pipeline call."""
+    return make_app(model_cache, tmp_path_factory.mktemp("alone"), MAX_CONCURRENT_GENERATIONS=1)
+
+
+def generate(app: Flask, **body: Any) -> dict[str, Any]:
+    body = {"response_format": "b64_json", "size": "64x64", "num_inference_steps": 2, **body}
+    response = app.test_client().post("/v1/images/generations", json=body)
+    assert response.status_code == 200, response.get_json()
+    return response.get_json()
+
+
+def wait_until(predicate: Callable[[], bool], what: str) -> None:
+    give_up = time.monotonic() + WAIT
+    while not predicate():
+        assert time.monotonic() < give_up, f"timed out waiting for {what}"
+        time.sleep(0.005)
+
+
+class BatchSpy:
+    """Record the specs of every pipeline call; hold the HOLDER request until released."""
+
+    def __init__(self, engine: Any) -> None:
+        self.real = engine._run_batch
+        self.calls: list[list[GenerationSpec]] = []
+        self.holding = threading.Event()
+        self.release = threading.Event()
+
+    def __call__(self, jobs: list[Job]) -> Any:
+        specs = [job.payload[0] for job in jobs]
+        self.calls.append(specs)
+        if specs[0].prompt == HOLDER["prompt"]:
+            self.holding.set()
+            assert self.release.wait(WAIT), "the holder was never released"
+        return self.real(jobs)
+
+
+@pytest.fixture
+def spy(batched: Flask, monkeypatch: pytest.MonkeyPatch) -> Iterator[BatchSpy]:
+    engine = batched.extensions["engine"]
+    spy = BatchSpy(engine)
+    monkeypatch.setattr(engine, "_run_batch", spy)
+    yield spy
+    spy.release.set()  # never leave a request thread blocked, whatever failed
+
+
+def run_batched(app: Flask, spy: BatchSpy, bodies: list[dict[str, Any]]) -> list[dict]:
+    """Hold the lane, queue `bodies` in order behind it, release; return their responses."""
+    lane = app.extensions["engine"].lane
+    results: dict[int, dict[str, Any]] = {}
+    errors: list[BaseException] = []
+
+    def send(i: int, body: dict[str, Any]) -> None:
+        try:
+            results[i] = generate(app, **body)
+        except BaseException as exc:  # noqa: BLE001 -- reported by the test thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=send, args=(-1, HOLDER), daemon=True)]
+    threads[0].start()
+    assert spy.holding.wait(WAIT), "the holder never reached the pipeline"
+    for i, body in enumerate(bodies):
+        threads.append(threading.Thread(target=send, args=(i, body), daemon=True))
+        threads[-1].start()
+        wait_until(lambda n=i + 1: lane.queued_requests == n, f"request {i} to queue")
+    spy.release.set()
+    for thread in threads:
+        thread.join(WAIT)
+    assert not errors, errors
+    assert lane.idle()
+    assert len(results[-1]["data"]) == 1
+    return [results[i] for i in range(len(bodies))]
+
+
+def max_diff(a: np.ndarray, b: np.ndarray) -> int:
+    return int(np.abs(a.astype(int) - b.astype(int)).max())
+
+
+def assert_same_as_alone(
+    alone: Flask, bodies: list[dict[str, Any]], responses: list[dict[str, Any]]
+) -> int:
+    """Assert each response matches its request run alone, and no other; return max diff."""
+    expected = [[b64_pixels(item) for item in generate(alone, **b)["data"]] for b in bodies]
+    got = [[b64_pixels(item) for item in r["data"]] for r in responses]
+    observed = 0
+    for body, response, images, reference in zip(bodies, responses, got, expected, strict=True):
+        n = body.get("n", 1)
+        assert [item["seed"] for item in response["data"]] == [body["seed"] + i for i in range(n)]
+        assert len(images) == len(reference) == n
+        for image, ref in zip(images, reference, strict=True):
+            assert image.shape == ref.shape == (64, 64, 3)
+            observed = max(observed, max_diff(image, ref))
+            assert max_diff(image, ref) <= TOLERANCE, body
+    # Every image differs clearly from every other, so a mixed-up assignment would fail.
+    flat = [image for images in expected for image in images]
+    for a, b in itertools.combinations(flat, 2):
+        assert max_diff(a, b) > 4 * TOLERANCE
+    return observed
+
+
+def test_queued_compatible_requests_run_as_one_batch_with_their_own_images(
+    batched: Flask, alone: Flask, spy: BatchSpy
+) -> None:
+    bodies = [
+        {"prompt": "a red fox", "seed": 11},
+        {"prompt": "a blue lake", "seed": 22, "n": 2},
+        {"prompt": "a green hill", "seed": 33},
+        {"prompt": "a grey cat", "seed": 44, "n": 2},
+        {"prompt": "a tall tree", "seed": 55},
+        {"prompt": "a small boat", "seed": 66},
+    ]
+    responses = run_batched(batched, spy, bodies)
+    assert [len(specs) for specs in spy.calls] == [1, 6]
+    assert [s.prompt for s in spy.calls[1]] == [b["prompt"] for b in bodies]
+    observed = assert_same_as_alone(alone, bodies, responses)
+    print(f"max pixel difference batched vs alone: {observed}")
+
+
+def test_requests_with_and_without_negative_prompt_are_never_merged(
+    batched: Flask, alone: Flask, spy: BatchSpy
+) -> None:
+    bodies = [
+        {"prompt": "plain one", "seed": 101},
+        {"prompt": "negative one", "seed": 202, "negative_prompt": "blurry"},
+        {"prompt": "plain two", "seed": 303, "n": 2},
+        {"prompt": "negative two", "seed": 404, "negative_prompt": "dark, noisy", "n": 2},
+    ]
+    responses = run_batched(batched, spy, bodies)
+    for specs in spy.calls:
+        assert len({spec.negative_prompt is not None for spec in specs}) == 1, specs
+    assert [[s.prompt for s in specs] for specs in spy.calls[1:]] == [
+        ["plain one", "plain two"],
+        ["negative one", "negative two"],
+    ]
+    observed = assert_same_as_alone(alone, bodies, responses)
+    print(f"max pixel difference batched vs alone (negative prompts): {observed}")

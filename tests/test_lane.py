@@ -1,0 +1,407 @@
+"""The GPU lane alone: admission, FIFO, deadlines, draining and micro-batching.
+
+Real threads run `Lane.run`; the batch runner below records which jobs ran together and
+holds chosen jobs on events, so queues are filled deterministically. Nothing here asserts
+a duration: short deadlines only make expiry happen.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable, Hashable
+from typing import Any
+
+import pytest
+
+from app.lane import BatchRunner, DeadlineExceeded, Draining, Job, Lane, Overloaded
+
+WAIT = 10.0  # upper bound for every wait; a healthy run never gets near it
+
+
+def wait_until(predicate: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
+    """Poll `predicate` until it holds, failing the test after `timeout` seconds."""
+    give_up = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < give_up, f"timed out waiting for {what}"
+        time.sleep(0.002)
+
+
+def job(payload: Any, images: int = 1, key: Hashable = None, timeout: float = 30.0) -> Job:
+    return Job(payload, images, time.monotonic() + timeout, batch_key=key)
+
+
+class Runner:
+    """A run_batch that records calls, tracks concurrency and holds chosen payloads."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[Any]] = []
+        self.active = 0
+        self.max_active = 0
+        self.fail_with: BaseException | None = None
+        self._holds: dict[Any, threading.Event] = {}
+        self._lock = threading.Condition()
+
+    def hold(self, payload: Any) -> threading.Event:
+        """Make a batch containing `payload` block until the returned event is set."""
+        self._holds[payload] = threading.Event()
+        return self._holds[payload]
+
+    def release(self, payload: Any = None) -> None:
+        """Let the held `payload` (or, by default, every held payload) finish."""
+        for held, event in self._holds.items():
+            if payload is None or held == payload:
+                event.set()
+
+    def wait_for_call(self, payload: Any) -> None:
+        """Wait until a batch containing `payload` has entered run_batch."""
+        with self._lock:
+            ok = self._lock.wait_for(lambda: any(payload in c for c in self.calls), WAIT)
+        assert ok, f"{payload!r} never started"
+
+    def __call__(self, jobs: list[Job]) -> list[Any]:
+        payloads = [j.payload for j in jobs]
+        with self._lock:
+            self.calls.append(payloads)
+            self.active += 1
+            self.max_active = max(self.max_active, self.active)
+            self._lock.notify_all()
+        try:
+            for payload in payloads:
+                if payload in self._holds:
+                    assert self._holds[payload].wait(WAIT), f"{payload!r} never released"
+            if self.fail_with is not None:
+                raise self.fail_with
+            return payloads
+        finally:
+            with self._lock:
+                self.active -= 1
+
+
+class Caller(threading.Thread):
+    """A request thread: runs one job through the lane and keeps the outcome."""
+
+    def __init__(self, lane: Lane, the_job: Job, run_batch: BatchRunner) -> None:
+        super().__init__(daemon=True)
+        self.lane, self.job, self.run_batch = lane, the_job, run_batch
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            self.result = self.lane.run(self.job, self.run_batch)
+        except BaseException as exc:  # noqa: BLE001 -- kept for the test to inspect
+            self.error = exc
+
+    def outcome(self) -> Any:
+        """Join, then return the result or re-raise the error."""
+        self.join(WAIT)
+        assert not self.is_alive(), f"{self.job.payload!r} still waiting"
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+def start_running(lane: Lane, runner: Runner, payload: Any, **kwargs: Any) -> Caller:
+    """Start a job and wait until it is inside run_batch (held there by the runner)."""
+    runner.hold(payload)
+    caller = Caller(lane, job(payload, **kwargs), runner)
+    runner.wait_for_call(payload)
+    return caller
+
+
+def enqueue(lane: Lane, runner: BatchRunner, the_job: Job) -> Caller:
+    """Start a job and wait until it is queued, so queue order is the call order."""
+    before = lane.queued_requests
+    caller = Caller(lane, the_job, runner)
+    wait_until(lambda: lane.queued_requests == before + 1, f"{the_job.payload!r} to queue")
+    return caller
+
+
+# -- one slot: mutual exclusion and FIFO -------------------------------------------------
+
+
+def test_one_slot_runs_jobs_one_at_a_time_in_fifo_order() -> None:
+    lane, runner = Lane(1, 100), Runner()
+    first = start_running(lane, runner, "first")
+    queued = [enqueue(lane, runner, job(f"job{i}")) for i in range(5)]
+    assert lane.queued_requests == 5 and lane.queued_images == 5
+    assert lane.running_images == 1
+    runner.release("first")
+    assert first.outcome() == "first"
+    assert [c.outcome() for c in queued] == [f"job{i}" for i in range(5)]
+    assert runner.calls == [["first"]] + [[f"job{i}"] for i in range(5)]
+    assert runner.max_active == 1
+    assert lane.idle() and lane.running_images == 0 and lane.queued_images == 0
+
+
+def test_one_slot_never_overlaps_jobs_started_at_once() -> None:
+    lane, runner = Lane(1, 100), Runner()
+    barrier = threading.Barrier(8)
+
+    def run_batch(jobs: list[Job]) -> list[Any]:
+        time.sleep(0.005)  # widens the window in which an overlap would show
+        return runner(jobs)
+
+    def start(i: int) -> Any:
+        barrier.wait(WAIT)
+        return lane.run(job(i), run_batch)
+
+    callers = [threading.Thread(target=start, args=(i,), daemon=True) for i in range(8)]
+    for caller in callers:
+        caller.start()
+    for caller in callers:
+        caller.join(WAIT)
+    assert sorted(p for call in runner.calls for p in call) == list(range(8))
+    assert runner.max_active == 1
+    assert lane.idle()
+
+
+# -- admission ----------------------------------------------------------------------------
+
+
+def test_full_queue_refuses_at_once_with_retry_after() -> None:
+    lane, runner = Lane(1, 2), Runner()
+    running = start_running(lane, runner, "running")
+    # One running, nothing queued: a job bigger than the whole queue is refused.
+    with pytest.raises(Overloaded) as refused:
+        lane.run(job("three", images=3, timeout=1), runner)
+    assert refused.value.retry_after >= 1
+    queued = [enqueue(lane, runner, job(f"q{i}")) for i in range(2)]
+    assert lane.queued_images == 2
+    with pytest.raises(Overloaded) as refused:
+        lane.run(job("one more", timeout=1), runner)
+    assert refused.value.retry_after >= 1
+    with pytest.raises(Overloaded):
+        lane.run(job("three", images=3, timeout=1), runner)
+    # Refused jobs never enter the queue nor reach run_batch.
+    assert lane.queued_requests == 2
+    runner.release("running")
+    assert running.outcome() == "running"
+    assert [c.outcome() for c in queued] == ["q0", "q1"]
+    assert runner.calls == [["running"], ["q0"], ["q1"]]
+
+
+def test_multi_image_job_refused_when_anything_is_queued() -> None:
+    lane, runner = Lane(1, 4), Runner()
+    running = start_running(lane, runner, "running")
+    queued = enqueue(lane, runner, job("queued", images=2))
+    with pytest.raises(Overloaded):
+        lane.run(job("three", images=3, timeout=1), runner)
+    runner.release("running")
+    running.outcome()
+    assert queued.outcome() == "queued"
+
+
+def test_idle_lane_admits_a_job_bigger_than_the_queue() -> None:
+    lane, runner = Lane(1, 2), Runner()
+    assert lane.run(job("big", images=5, timeout=5), runner) == "big"
+    lane_without_queue = Lane(1, 0)
+    assert lane_without_queue.run(job("big", images=3, timeout=5), runner) == "big"
+    assert runner.calls == [["big"], ["big"]]
+
+
+def test_unbounded_lane_never_refuses_and_runs_jobs_concurrently() -> None:
+    lane, runner = Lane(0, 0), Runner()
+    together = threading.Barrier(6)
+
+    def run_batch(jobs: list[Job]) -> list[Any]:
+        together.wait(WAIT)  # breaks (and fails the jobs) unless all six run at once
+        return runner(jobs)
+
+    callers = [Caller(lane, job(i, images=4), run_batch) for i in range(6)]
+    assert sorted(c.outcome() for c in callers) == list(range(6))
+    assert lane.idle()
+
+
+def test_retry_after_grows_with_the_queue() -> None:
+    lane, runner = Lane(1, 100), Runner()
+    assert lane.retry_after() >= 1
+    running = start_running(lane, runner, "running", images=2)
+    queued = [enqueue(lane, runner, job("a", images=2))]
+    shorter = lane.retry_after()
+    queued += [enqueue(lane, runner, job(f"b{i}", images=3)) for i in range(3)]
+    longer = lane.retry_after()
+    assert 1 <= shorter < longer
+    # The estimate a refusal carries grows the same way.
+    small = Lane(1, 1)
+    small_runner = Runner()
+    small_running = start_running(small, small_runner, "running")
+    with pytest.raises(Overloaded) as short_queue:
+        small.run(job("x", images=2, timeout=1), small_runner)
+    small_queued = enqueue(small, small_runner, job("q"))
+    with pytest.raises(Overloaded) as long_queue:
+        small.run(job("x", timeout=1), small_runner)
+    assert 1 <= short_queue.value.retry_after < long_queue.value.retry_after
+    runner.release()
+    small_runner.release()
+    for caller in [running, *queued, small_running, small_queued]:
+        caller.outcome()
+
+
+# -- deadlines ----------------------------------------------------------------------------
+
+
+def test_deadline_while_queued_removes_the_job_and_it_never_runs() -> None:
+    lane, runner = Lane(1, 10), Runner()
+    running = start_running(lane, runner, "running")
+    before = enqueue(lane, runner, job("before"))
+    expiring = enqueue(lane, runner, job("expiring", timeout=0.2))
+    after = enqueue(lane, runner, job("after"))
+    with pytest.raises(DeadlineExceeded) as exceeded:
+        expiring.outcome()
+    assert exceeded.value.ran is False
+    assert lane.queued_requests == 2 and lane.queued_images == 2
+    runner.release("running")
+    assert [c.outcome() for c in (running, before, after)] == ["running", "before", "after"]
+    assert runner.calls == [["running"], ["before"], ["after"]]
+    assert lane.idle()
+
+
+def test_deadline_of_a_follower_while_its_batch_runs() -> None:
+    lane, runner = Lane(1, 10, batch_max_images=2, batch_wait=0.05), Runner()
+    first = start_running(lane, runner, "first", key="other")
+    runner.hold("leader")
+    leader = enqueue(lane, runner, job("leader", key="k"))
+    follower_job = job("follower", key="k", timeout=0.5)
+    follower = enqueue(lane, runner, follower_job)
+    runner.release("first")
+    runner.wait_for_call("leader")
+    assert runner.calls[-1] == ["leader", "follower"]
+    with pytest.raises(DeadlineExceeded) as exceeded:
+        follower.outcome()
+    assert exceeded.value.ran is True
+    assert follower_job.cancelled and follower_job.expired()
+    runner.release("leader")
+    assert first.outcome() == "first"
+    assert leader.outcome() == "leader"
+    assert lane.idle()
+
+
+def test_leader_past_its_deadline_frees_the_slot_when_run_batch_stops() -> None:
+    lane, calls = Lane(1, 10), []
+
+    def run_batch(jobs: list[Job]) -> list[Any]:
+        """Like the engine's step callback: stop once every job of the call expired."""
+        calls.append([j.payload for j in jobs])
+        give_up = time.monotonic() + WAIT
+        while jobs[0].payload == "slow" and time.monotonic() < give_up:
+            if all(j.expired() for j in jobs):
+                raise DeadlineExceeded(ran=True)
+            time.sleep(0.005)  # one "denoising step"
+        return [j.payload for j in jobs]
+
+    slow = Caller(lane, job("slow", timeout=0.2), run_batch)
+    wait_until(lambda: calls, "the slow job to start")
+    next_job = enqueue(lane, run_batch, job("next"))
+    with pytest.raises(DeadlineExceeded) as exceeded:
+        slow.outcome()
+    assert exceeded.value.ran is True
+    assert next_job.outcome() == "next"
+    assert calls == [["slow"], ["next"]]
+    assert lane.idle() and lane.running_images == 0
+
+
+# -- failures and draining --------------------------------------------------------------
+
+
+def test_run_batch_error_reaches_every_job_of_the_batch_and_the_lane_recovers() -> None:
+    lane, runner = Lane(1, 10, batch_max_images=4, batch_wait=0.05), Runner()
+    running = start_running(lane, runner, "running", key="other")
+    batch = [enqueue(lane, runner, job(f"b{i}", key="k")) for i in range(3)]
+    runner.fail_with = ValueError("pipeline failed")
+    runner.release("running")
+    with pytest.raises(ValueError):
+        running.outcome()
+    for caller in batch:
+        with pytest.raises(ValueError):
+            caller.outcome()
+    errors = {id(c.error) for c in batch}
+    assert runner.calls[-1] == ["b0", "b1", "b2"] and len(errors) == 1
+    runner.fail_with = None
+    assert lane.run(job("after", key="k", timeout=5), runner) == "after"
+    assert lane.idle() and lane.running_images == 0 and lane.queued_images == 0
+
+
+def test_drain_refuses_new_jobs_and_finishes_queued_ones() -> None:
+    lane, runner = Lane(1, 10), Runner()
+    running = start_running(lane, runner, "running")
+    queued = enqueue(lane, runner, job("queued"))
+    lane.drain()
+    assert lane.draining and not lane.idle()
+    with pytest.raises(Draining):
+        lane.run(job("late", timeout=1), runner)
+    runner.release("running")
+    assert running.outcome() == "running"
+    assert queued.outcome() == "queued"
+    assert lane.idle()
+    assert runner.calls == [["running"], ["queued"]]
+    with pytest.raises(Draining):
+        lane.run(job("later", timeout=1), runner)
+
+
+# -- micro-batching ------------------------------------------------------------------
+
+
+def test_compatible_queued_jobs_run_as_one_batch() -> None:
+    lane, runner = Lane(1, 10, batch_max_images=4, batch_wait=0.2), Runner()
+    first = start_running(lane, runner, "first", key="other")
+    callers = [
+        enqueue(lane, runner, job("c1", key="k")),
+        enqueue(lane, runner, job("c2", key="k")),
+        enqueue(lane, runner, job("odd", key="j")),
+        enqueue(lane, runner, job("c3", key="k")),
+    ]
+    runner.release("first")
+    assert first.outcome() == "first"
+    assert [c.outcome() for c in callers] == ["c1", "c2", "odd", "c3"]
+    assert runner.calls == [["first"], ["c1", "c2", "c3"], ["odd"]]
+    assert lane.idle() and lane.running_images == 0
+
+
+def test_a_job_that_would_overfill_the_batch_is_not_merged() -> None:
+    lane, runner = Lane(1, 20, batch_max_images=4, batch_wait=0.05), Runner()
+    first = start_running(lane, runner, "first", key="other")
+    callers = [
+        enqueue(lane, runner, job("two", images=2, key="k")),
+        enqueue(lane, runner, job("three", images=3, key="k")),
+        enqueue(lane, runner, job("also two", images=2, key="k")),
+    ]
+    runner.release("first")
+    first.outcome()
+    assert [c.outcome() for c in callers] == ["two", "three", "also two"]
+    assert runner.calls == [["first"], ["two", "also two"], ["three"]]
+
+
+def test_jobs_without_a_batch_key_never_batch() -> None:
+    lane, runner = Lane(1, 10, batch_max_images=8, batch_wait=0.05), Runner()
+    first = start_running(lane, runner, "first")
+    callers = [enqueue(lane, runner, job(f"n{i}")) for i in range(3)]
+    runner.release("first")
+    first.outcome()
+    assert [c.outcome() for c in callers] == ["n0", "n1", "n2"]
+    assert runner.calls == [["first"], ["n0"], ["n1"], ["n2"]]
+
+
+def test_batching_off_by_default_even_with_a_key() -> None:
+    lane, runner = Lane(1, 10), Runner()
+    first = start_running(lane, runner, "first", key="k")
+    callers = [enqueue(lane, runner, job(f"k{i}", key="k")) for i in range(2)]
+    runner.release("first")
+    first.outcome()
+    assert [c.outcome() for c in callers] == ["k0", "k1"]
+    assert runner.calls == [["first"], ["k0"], ["k1"]]
+
+
+def test_a_job_without_deadline_waits_its_turn() -> None:
+    # An infinite deadline (the engine's warm-up job uses one; REQUEST_TIMEOUT_SECONDS=inf
+    # parses to one) must mean "no deadline", in the queue and as a follower.
+    lane, runner = Lane(1, 10, batch_max_images=2, batch_wait=0.05), Runner()
+    first = start_running(lane, runner, "first", key="other")
+    leader = enqueue(lane, runner, Job("leader", 1, math.inf, batch_key="k"))
+    follower = enqueue(lane, runner, Job("follower", 1, math.inf, batch_key="k"))
+    runner.release("first")
+    assert [c.outcome() for c in (first, leader, follower)] == ["first", "leader", "follower"]
+    assert runner.calls == [["first"], ["leader", "follower"]]
