@@ -48,7 +48,7 @@ def drain(app: Flask) -> None:
 
 def create_app(test_config: Mapping[str, Any] | None = None, *, load_model: bool = True) -> Flask:
     """Create the app: config, logging, engine, image store, blueprints, error handlers."""
-    from app import api, files, probes
+    from app import api, files, playground, probes
     from app import metrics as metrics_module
     from app.engine import Engine
     from app.errors import register_error_handlers
@@ -103,6 +103,7 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, load_model: bool
     register_error_handlers(app)
     for blueprint in (api.bp, files.bp, probes.bp, metrics_module.bp):
         app.register_blueprint(blueprint)
+    app.register_blueprint(playground.bp)
 
     if load_model:
         engine.start()

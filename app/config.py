@@ -46,6 +46,12 @@ SETTINGS: dict[str, tuple[Any, Any]] = {
     "MAX_STEPS": (100, int),
     "DEFAULT_GUIDANCE_SCALE": (7.0, float),
     "MAX_GUIDANCE_SCALE": (30.0, float),
+    # Edits and variations
+    "MAX_UPLOAD_BYTES": (25 * 1024 * 1024, int),  # a multipart body with its images
+    "MAX_UPLOAD_PIXELS": (4096 * 4096, int),  # larger inputs are refused before decoding
+    "DEFAULT_STRENGTH": (0.8, float),  # how much of an edited image is re-noised
+    "VARIATIONS_PROMPT": ("", str),  # variations take no prompt; this one is used
+    "VARIATIONS_STRENGTH": (0.6, float),
     # Load: the GPU lane, its queue, deadlines and micro-batching
     "MAX_CONCURRENT_GENERATIONS": (1, int),  # pipeline calls at once; 0 means unbounded
     "MAX_QUEUE": (32, int),  # images waiting for the lane before 429

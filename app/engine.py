@@ -74,9 +74,16 @@ class UnsupportedParameter(Exception):
         self.param = param
 
 
+TEXT_TO_IMAGE, IMAGE_TO_IMAGE, INPAINT = "text2image", "image2image", "inpaint"
+
+
 @dataclass(frozen=True)
 class GenerationSpec:
-    """What the pipeline needs for one request: one image per seed."""
+    """What the pipeline needs for one request: one image per seed.
+
+    For image-to-image and inpainting, `init_images[i]` (and `masks[i]`) belong to the
+    output image made with `seeds[i]`, already at the output size.
+    """
 
     prompt: str
     negative_prompt: str | None
@@ -85,6 +92,15 @@ class GenerationSpec:
     steps: int
     guidance_scale: float
     seeds: tuple[int, ...]
+    task: str = TEXT_TO_IMAGE
+    init_images: tuple[Image.Image, ...] = ()
+    masks: tuple[Image.Image, ...] = ()
+    strength: float = 1.0
+    partial_images: int = 0
+
+
+# Called with (partial_image_index, image) while a streamed generation runs.
+PartialCallback = Callable[[int, Image.Image], None]
 
 
 # Messages of CUDA errors after which the context is unusable for the whole process.
@@ -217,7 +233,7 @@ class Engine:
         spec = GenerationSpec("warm-up", None, 64, 64, 2, 1.0, (0,))
         try:
             pipeline = self._derive(self._shared)
-            self._run_batch([Job((spec, pipeline, _generators(spec)), 1, math.inf)])
+            self._run_batch([Job((spec, pipeline, _generators(spec), None), 1, math.inf)])
         except Exception as exc:
             self._failure = "The warm-up generation failed; see the server log."
             log.error("warm-up generation failed", exc_info=exc)
@@ -305,20 +321,40 @@ class Engine:
 
     # -- generation ------------------------------------------------------------------
 
-    def derive_pipeline(self) -> Any:
-        """Build a pipeline around the shared modules with per-request mutable parts."""
-        return self._derive(self.shared)
+    def derive_pipeline(self, task: str = TEXT_TO_IMAGE) -> Any:
+        """Build a pipeline for `task` around the shared modules, with per-request parts."""
+        return self._derive(self.shared, task)
 
-    def _derive(self, shared: Any) -> Any:
+    def _derive(self, shared: Any, task: str = TEXT_TO_IMAGE) -> Any:
         components = dict(shared.components)
         # Schedulers keep step state: a fresh one per request, from the shared config.
         components["scheduler"] = type(shared.scheduler).from_config(shared.scheduler.config)
         components.update(self._thread_tokenizers(shared))
+        pipeline_class = self._pipeline_class(shared, task)
+        accepted = inspect.signature(pipeline_class.__init__).parameters
         # Built directly (not with from_pipe), which would convert the shared modules'
         # dtype in place when none is given.
-        pipeline = type(shared)(**components)
+        pipeline = pipeline_class(**{k: v for k, v in components.items() if k in accepted})
         pipeline.set_progress_bar_config(disable=True)
         return pipeline
+
+    @staticmethod
+    def _pipeline_class(shared: Any, task: str) -> type:
+        """Return the pipeline class for `task` in the shared pipeline's model family."""
+        if task == TEXT_TO_IMAGE:
+            return type(shared)
+        from diffusers.pipelines import auto_pipeline
+
+        mapping = {
+            IMAGE_TO_IMAGE: auto_pipeline.AUTO_IMAGE2IMAGE_PIPELINES_MAPPING,
+            INPAINT: auto_pipeline.AUTO_INPAINT_PIPELINES_MAPPING,
+        }[task]
+        found = auto_pipeline._get_task_class(mapping, type(shared).__name__, False)
+        if found is None:
+            raise UnsupportedParameter(
+                "image", f"The served model has no {task} pipeline; edits are not available."
+            )
+        return found
 
     def _thread_tokenizers(self, shared: Any) -> dict[str, Any]:
         """Return this thread's own copies of the shared tokenizers."""
@@ -337,52 +373,49 @@ class Engine:
 
         Raises Overloaded or Draining (not admitted), DeadlineExceeded, or a GenerationError.
         """
+        return self.complete(self.submit(spec, deadline))
+
+    def submit(
+        self, spec: GenerationSpec, deadline: float, on_partial: PartialCallback | None = None
+    ) -> Job:
+        """Derive this request's pipeline and generators and admit it to the queue."""
         if spec.negative_prompt and "negative_prompt" not in self._call_parameters:
             self.shared  # noqa: B018 -- a model that is not loaded says so first
             raise UnsupportedParameter(
                 "negative_prompt", "The served model does not support negative_prompt."
             )
         # The request thread derives its own pipeline and generators before queueing.
+        pipeline = self.derive_pipeline(spec.task)
+        batchable = on_partial is None and spec.partial_images == 0
         job = Job(
-            payload=(spec, self.derive_pipeline(), _generators(spec)),
+            payload=(spec, pipeline, _generators(spec), on_partial),
             images=len(spec.seeds),
             deadline=deadline,
-            batch_key=(spec.width, spec.height, spec.steps, spec.guidance_scale,
-                       spec.negative_prompt is not None),
+            batch_key=(spec.task, spec.width, spec.height, spec.steps, spec.guidance_scale,
+                       spec.strength, spec.negative_prompt is not None) if batchable else None,
         )  # fmt: skip
-        return self.lane.run(job, self._run_batch)
+        self.lane.enqueue(job)
+        return job
+
+    def complete(self, job: Job) -> list[Image.Image]:
+        """Wait for a submitted job's turn in the lane and return its images."""
+        return self.lane.complete(job, self._run_batch)
 
     def _run_batch(self, jobs: list[Job]) -> list[list[Image.Image]]:
         """Run one pipeline call for `jobs`; return each job's images."""
         specs: list[GenerationSpec] = [job.payload[0] for job in jobs]
-        first = specs[0]
+        pipeline = jobs[0].payload[1]
         if self._metrics:
             for job in jobs:
                 if job.started_at is not None:
                     self._metrics.queue_wait.observe(job.started_at - job.enqueued_at)
-        kwargs: dict[str, Any] = {
-            "height": first.height,
-            "width": first.width,
-            "num_inference_steps": first.steps,
-            "guidance_scale": first.guidance_scale,
-            "generator": [g for job in jobs for g in job.payload[2]],
-            "output_type": "pil",
-        }
-        if len(jobs) == 1:
-            kwargs["prompt"] = first.prompt
-            kwargs["num_images_per_prompt"] = len(first.seeds)
-            if first.negative_prompt:
-                kwargs["negative_prompt"] = first.negative_prompt
-        else:
-            # One prompt entry per image, so image i of the batch gets generator i.
-            kwargs["prompt"] = [s.prompt for s in specs for _ in s.seeds]
-            if first.negative_prompt is not None:
-                kwargs["negative_prompt"] = [s.negative_prompt for s in specs for _ in s.seeds]
+        kwargs = self._call_arguments(specs)
+        kwargs["generator"] = [g for job in jobs for g in job.payload[2]]
         if "callback_on_step_end" in self._call_parameters:
-            kwargs["callback_on_step_end"] = _stop_when_all_expired(jobs)
+            kwargs["callback_on_step_end"] = _step_end_callback(jobs)
         started = time.monotonic()
         try:
-            images = list(jobs[0].payload[1](**kwargs).images)
+            images = list(pipeline(**kwargs).images)
         except DeadlineExceeded:
             raise
         except torch.OutOfMemoryError as exc:
@@ -402,6 +435,34 @@ class Engine:
             start += len(spec.seeds)
         return results
 
+    @staticmethod
+    def _call_arguments(specs: list[GenerationSpec]) -> dict[str, Any]:
+        """Return the pipeline arguments shared by a batch of compatible specs."""
+        first = specs[0]
+        kwargs: dict[str, Any] = {
+            "height": first.height,
+            "width": first.width,
+            "num_inference_steps": first.steps,
+            "guidance_scale": first.guidance_scale,
+            "output_type": "pil",
+        }
+        if len(specs) == 1 and first.task == TEXT_TO_IMAGE:
+            kwargs["prompt"] = first.prompt
+            kwargs["num_images_per_prompt"] = len(first.seeds)
+            if first.negative_prompt:
+                kwargs["negative_prompt"] = first.negative_prompt
+            return kwargs
+        # One prompt entry per image, so image i of the call gets generator i.
+        kwargs["prompt"] = [s.prompt for s in specs for _ in s.seeds]
+        if first.negative_prompt is not None:
+            kwargs["negative_prompt"] = [s.negative_prompt for s in specs for _ in s.seeds]
+        if first.task != TEXT_TO_IMAGE:
+            kwargs["image"] = [image for s in specs for image in s.init_images]
+            kwargs["strength"] = first.strength
+        if first.task == INPAINT:
+            kwargs["mask_image"] = [mask for s in specs for mask in s.masks]
+        return kwargs
+
     def _declare_fatal(self, exc: BaseException) -> None:
         """Mark the worker unready for good and ask for it to be restarted."""
         self._fatal = "A fatal device error occurred; the worker is restarting."
@@ -419,13 +480,40 @@ def _generators(spec: GenerationSpec) -> list[torch.Generator]:
     return [torch.Generator("cpu").manual_seed(seed) for seed in spec.seeds]
 
 
-def _stop_when_all_expired(jobs: list[Job]) -> Callable[..., dict[str, Any]]:
-    """Return a step-end callback that stops the call once nobody waits for it."""
+def partial_steps(steps: int, partial_images: int) -> list[int]:
+    """Return the step indices, evenly spaced and before the last, that yield partials."""
+    if partial_images <= 0 or steps < 2:
+        return []
+    picks = {round((i + 1) * steps / (partial_images + 1)) - 1 for i in range(partial_images)}
+    return sorted(step for step in picks if 0 <= step < steps - 1)
+
+
+def decode_latents(pipeline: Any, latents: torch.Tensor) -> list[Image.Image]:
+    """Decode intermediate latents to preview images, as the pipeline's last step does."""
+    vae = pipeline.vae
+    latents = latents / vae.config.scaling_factor + (getattr(vae.config, "shift_factor", 0) or 0)
+    with torch.no_grad():
+        decoded = vae.decode(latents.to(vae.dtype), return_dict=False)[0]
+    return pipeline.image_processor.postprocess(decoded, output_type="pil")
+
+
+def _step_end_callback(jobs: list[Job]) -> Callable[..., dict[str, Any]]:
+    """Return a step-end callback: stop once nobody waits; emit a streamed job's partials."""
+    spec, _, _, on_partial = jobs[0].payload
 
     def callback(pipeline: Any, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict:
         now = time.monotonic()
         if all(job.expired(now) for job in jobs):
             raise DeadlineExceeded(ran=True)
+        if on_partial is not None and spec.partial_images:
+            # img2img and inpainting run only the last `strength` share of the schedule.
+            steps_run = getattr(pipeline, "_num_timesteps", None) or spec.steps
+            picks = partial_steps(steps_run, spec.partial_images)
+            if step in picks:
+                try:
+                    on_partial(picks.index(step), decode_latents(pipeline, kwargs["latents"])[0])
+                except Exception:  # a preview must never fail the generation
+                    log.warning("could not decode a partial image", exc_info=True)
         return kwargs
 
     return callback

@@ -8,6 +8,8 @@ internal path ever reaches a client: unexpected errors are logged with the reque
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import Any
 
 from flask import Flask, Response, current_app, jsonify
 from marshmallow import ValidationError
@@ -111,143 +113,162 @@ def _from_validation_error(exc: ValidationError) -> APIError:
     return APIError(f"Invalid value for '{field}': {problem}", param=field, code="invalid_value")
 
 
+_BUILDERS: dict[type[BaseException], Callable[[Any], APIError]] = {}
+
+
+def _builds(kind: type[BaseException]) -> Callable[[Callable[[Any], APIError]], Any]:
+    """Register a function that turns one kind of exception into an APIError."""
+
+    def register(build: Callable[[Any], APIError]) -> Callable[[Any], APIError]:
+        _BUILDERS[kind] = build
+        return build
+
+    return register
+
+
+def api_error_for(exc: BaseException) -> APIError:
+    """Return the APIError for `exc`, from the builder of its most specific class."""
+    for kind in type(exc).__mro__:
+        if kind in _BUILDERS:
+            return _BUILDERS[kind](exc)
+    return _handle_unexpected(exc)
+
+
 def register_error_handlers(app: Flask) -> None:
-    """Map every exception the app can raise to the OpenAI error envelope."""
-
-    @app.errorhandler(APIError)
-    def handle_api_error(exc: APIError) -> Response:
-        return error_response(exc)
-
-    @app.errorhandler(ValidationError)
-    def handle_validation_error(exc: ValidationError) -> Response:
-        return error_response(_from_validation_error(exc))
-
-    @app.errorhandler(HTTPException)
-    def handle_http_exception(exc: HTTPException) -> Response:
-        return error_response(_from_http_exception(exc))
-
-    @app.errorhandler(ModelLoading)
-    def handle_model_loading(exc: ModelLoading) -> Response:
-        return error_response(
-            APIError(
-                "The model is loading; retry shortly.",
-                status=503,
-                type="server_error",
-                code="model_loading",
-                headers={"Retry-After": str(exc.retry_after)},
-            )
-        )
-
-    @app.errorhandler(ModelLoadFailed)
-    def handle_model_load_failed(exc: ModelLoadFailed) -> Response:
-        return error_response(
-            APIError(str(exc), status=503, type="server_error", code="model_load_failed")
-        )
-
-    @app.errorhandler(UnsupportedParameter)
-    def handle_unsupported_parameter(exc: UnsupportedParameter) -> Response:
-        return error_response(APIError(str(exc), param=exc.param, code="unsupported_parameter"))
-
-    @app.errorhandler(Overloaded)
-    def handle_overloaded(exc: Overloaded) -> Response:
-        current_app.extensions["metrics"].rejections.labels("queue_full").inc()
-        return error_response(
-            APIError(
-                "The server is overloaded: its queue is full. Retry after the number of "
-                "seconds in the Retry-After header.",
-                status=429,
-                type="server_overloaded",
-                code="server_overloaded",
-                headers={"Retry-After": str(exc.retry_after)},
-            )
-        )
-
-    @app.errorhandler(Draining)
-    def handle_draining(exc: Draining) -> Response:
-        current_app.extensions["metrics"].rejections.labels("draining").inc()
-        return error_response(
-            APIError(
-                "The server is shutting down and accepts no new generations; retry on "
-                "another instance or after it restarts.",
-                status=503,
-                type="server_error",
-                code="server_draining",
-                headers={"Retry-After": "5"},
-            )
-        )
-
-    @app.errorhandler(DeadlineExceeded)
-    def handle_deadline(exc: DeadlineExceeded) -> Response:
-        where = "while generating" if exc.ran else "while waiting in the queue"
-        return error_response(
-            APIError(
-                f"The request timed out {where} (REQUEST_TIMEOUT_SECONDS="
-                f"{current_app.config['REQUEST_TIMEOUT_SECONDS']:g}); ask for fewer, smaller "
-                "images or fewer steps, or retry later.",
-                status=504,
-                type="timeout_error",
-                code="request_timeout",
-            )
-        )
-
-    @app.errorhandler(FatalDeviceError)
-    def handle_fatal_device_error(exc: FatalDeviceError) -> Response:
-        return error_response(
-            APIError(
-                "The accelerator failed; this worker is restarting. Retry shortly.",
-                status=503,
-                type="server_error",
-                code="device_error",
-                headers={"Retry-After": "10"},
-            )
-        )
-
-    @app.errorhandler(GenerationOutOfMemory)
-    def handle_out_of_memory(exc: GenerationOutOfMemory) -> Response:
-        log.warning("generation ran out of device memory: %s", exc)
-        return error_response(
-            APIError(
-                "The server ran out of accelerator memory for this request; retry, or ask "
-                "for fewer or smaller images.",
-                status=503,
-                type="server_error",
-                code="out_of_memory",
-                headers={"Retry-After": "1"},
-            )
-        )
-
-    @app.errorhandler(GenerationError)
-    def handle_generation_error(exc: GenerationError) -> Response:
-        log.error("generation failed", exc_info=exc.__cause__ or exc)
-        return error_response(
-            APIError(
-                "Image generation failed; the error was logged with this request's id.",
-                status=500,
-                type="server_error",
-                code="generation_failed",
-            )
-        )
-
-    @app.errorhandler(StorageError)
-    def handle_storage_error(exc: StorageError) -> Response:
-        log.error("could not store images", exc_info=exc.__cause__ or exc)
-        return error_response(
-            APIError(
-                "The generated images could not be stored; the error was logged.",
-                status=500,
-                type="server_error",
-                code="storage_failed",
-            )
-        )
+    """Answer every exception the app can raise with the OpenAI error envelope."""
 
     @app.errorhandler(Exception)
-    def handle_unexpected(exc: Exception) -> Response:
-        log.exception("unhandled error")
-        return error_response(
-            APIError(
-                "Internal server error; the error was logged with this request's id.",
-                status=500,
-                type="server_error",
-                code="internal_error",
-            )
-        )
+    def handle(exc: Exception) -> Response:
+        return error_response(api_error_for(exc))
+
+
+@_builds(APIError)
+def _handle_api_error(exc: APIError) -> APIError:
+    return exc
+
+
+@_builds(ValidationError)
+def _handle_validation_error(exc: ValidationError) -> APIError:
+    return _from_validation_error(exc)
+
+
+@_builds(HTTPException)
+def _handle_http_exception(exc: HTTPException) -> APIError:
+    return _from_http_exception(exc)
+
+
+@_builds(ModelLoading)
+def _handle_model_loading(exc: ModelLoading) -> APIError:
+    return APIError(
+        "The model is loading; retry shortly.",
+        status=503,
+        type="server_error",
+        code="model_loading",
+        headers={"Retry-After": str(exc.retry_after)},
+    )
+
+
+@_builds(ModelLoadFailed)
+def _handle_model_load_failed(exc: ModelLoadFailed) -> APIError:
+    return APIError(str(exc), status=503, type="server_error", code="model_load_failed")
+
+
+@_builds(UnsupportedParameter)
+def _handle_unsupported_parameter(exc: UnsupportedParameter) -> APIError:
+    return APIError(str(exc), param=exc.param, code="unsupported_parameter")
+
+
+@_builds(Overloaded)
+def _handle_overloaded(exc: Overloaded) -> APIError:
+    current_app.extensions["metrics"].rejections.labels("queue_full").inc()
+    return APIError(
+        "The server is overloaded: its queue is full. Retry after the number of "
+        "seconds in the Retry-After header.",
+        status=429,
+        type="server_overloaded",
+        code="server_overloaded",
+        headers={"Retry-After": str(exc.retry_after)},
+    )
+
+
+@_builds(Draining)
+def _handle_draining(exc: Draining) -> APIError:
+    current_app.extensions["metrics"].rejections.labels("draining").inc()
+    return APIError(
+        "The server is shutting down and accepts no new generations; retry on "
+        "another instance or after it restarts.",
+        status=503,
+        type="server_error",
+        code="server_draining",
+        headers={"Retry-After": "5"},
+    )
+
+
+@_builds(DeadlineExceeded)
+def _handle_deadline(exc: DeadlineExceeded) -> APIError:
+    where = "while generating" if exc.ran else "while waiting in the queue"
+    return APIError(
+        f"The request timed out {where} (REQUEST_TIMEOUT_SECONDS="
+        f"{current_app.config['REQUEST_TIMEOUT_SECONDS']:g}); ask for fewer, smaller "
+        "images or fewer steps, or retry later.",
+        status=504,
+        type="timeout_error",
+        code="request_timeout",
+    )
+
+
+@_builds(FatalDeviceError)
+def _handle_fatal_device_error(exc: FatalDeviceError) -> APIError:
+    return APIError(
+        "The accelerator failed; this worker is restarting. Retry shortly.",
+        status=503,
+        type="server_error",
+        code="device_error",
+        headers={"Retry-After": "10"},
+    )
+
+
+@_builds(GenerationOutOfMemory)
+def _handle_out_of_memory(exc: GenerationOutOfMemory) -> APIError:
+    log.warning("generation ran out of device memory: %s", exc)
+    return APIError(
+        "The server ran out of accelerator memory for this request; retry, or ask "
+        "for fewer or smaller images.",
+        status=503,
+        type="server_error",
+        code="out_of_memory",
+        headers={"Retry-After": "1"},
+    )
+
+
+@_builds(GenerationError)
+def _handle_generation_error(exc: GenerationError) -> APIError:
+    log.error("generation failed", exc_info=exc.__cause__ or exc)
+    return APIError(
+        "Image generation failed; the error was logged with this request's id.",
+        status=500,
+        type="server_error",
+        code="generation_failed",
+    )
+
+
+@_builds(StorageError)
+def _handle_storage_error(exc: StorageError) -> APIError:
+    log.error("could not store images", exc_info=exc.__cause__ or exc)
+    return APIError(
+        "The generated images could not be stored; the error was logged.",
+        status=500,
+        type="server_error",
+        code="storage_failed",
+    )
+
+
+@_builds(Exception)
+def _handle_unexpected(exc: Exception) -> APIError:
+    log.error("unhandled error", exc_info=exc)
+    return APIError(
+        "Internal server error; the error was logged with this request's id.",
+        status=500,
+        type="server_error",
+        code="internal_error",
+    )

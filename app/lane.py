@@ -126,10 +126,19 @@ class Lane:
 
     def run(self, job: Job, run_batch: BatchRunner) -> Any:
         """Admit `job`, wait for its turn, run it (perhaps batched); return its result."""
+        self.enqueue(job)
+        return self.complete(job, run_batch)
+
+    def enqueue(self, job: Job) -> None:
+        """Admit `job` into the queue, or raise Overloaded or Draining at once."""
         with self._cond:
             self._admit(job)
             self._waiting.append(job)
             self._cond.notify_all()
+
+    def complete(self, job: Job, run_batch: BatchRunner) -> Any:
+        """Wait for an enqueued job's turn, run it (perhaps batched); return its result."""
+        with self._cond:
             batch = self._wait_for_turn(job)
         if batch is None:  # a leader ran it as part of its batch
             return self._outcome(job)

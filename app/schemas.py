@@ -13,7 +13,16 @@ import secrets
 from typing import Any
 
 from flask import current_app
-from marshmallow import RAISE, Schema, ValidationError, fields, post_load, validate, validates
+from marshmallow import (
+    RAISE,
+    Schema,
+    ValidationError,
+    fields,
+    post_load,
+    validate,
+    validates,
+    validates_schema,
+)
 
 from app.config import quality_steps
 
@@ -156,39 +165,79 @@ class GenerationRequestSchema(Schema):
                 "transparent backgrounds are not supported by this server; use 'auto' or 'opaque'."
             )
 
-    @validates("stream")
-    def _stream_supported(self, value: bool | None, data_key: str, **kwargs: Any) -> None:
-        if value:
-            raise ValidationError("streaming is not supported by this server; omit 'stream'.")
+    @validates_schema
+    def _one_image_when_streaming(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if data.get("stream") and (data.get("n") or 1) > 1:
+            raise ValidationError("streaming returns one image: use n=1 with stream.", "n")
 
     @post_load
     def _resolve(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
         """Fill in defaults: absent and null fields mean the server's default."""
-        config = current_app.config
         data = {key: value for key, value in data.items() if value is not None}
-        width, height = parse_size(data.get("size", "auto"), config)
-        quality = data.get("quality", "auto")
-        seed = data["seed"] if "seed" in data else secrets.randbelow(MAX_SEED + 1)
-        return {
-            "prompt": data["prompt"],
-            "negative_prompt": data.get("negative_prompt") or None,
-            "model": data.get("model"),
-            "user": data.get("user"),
-            "n": data.get("n", 1),
-            "width": width,
-            "height": height,
-            "quality": quality,
-            "steps": data.get("num_inference_steps")
-            or quality_steps(quality, config["DEFAULT_STEPS"]),
-            "guidance_scale": data.get("guidance_scale", config["DEFAULT_GUIDANCE_SCALE"]),
-            "seed": seed,
-            # Image i uses seed + i, wrapped so every returned seed can be sent back.
-            "seeds": tuple((seed + i) % (MAX_SEED + 1) for i in range(data.get("n", 1))),
-            "response_format": data.get("response_format", "url"),
-            "output_format": data.get("output_format", "png"),
-            "output_compression": data.get("output_compression", 100),
-            "background": data.get("background", "auto"),
-        }
+        return resolve_common(data, parse_size(data.get("size", "auto"), current_app.config))
+
+
+def resolve_common(data: dict[str, Any], size: tuple[int, int] | None) -> dict[str, Any]:
+    """Return a request's parameters with the server's defaults filled in."""
+    config = current_app.config
+    width, height = size or (0, 0)
+    quality = data.get("quality", "auto")
+    seed = data["seed"] if "seed" in data else secrets.randbelow(MAX_SEED + 1)
+    return {
+        "prompt": data.get("prompt", ""),
+        "negative_prompt": data.get("negative_prompt") or None,
+        "model": data.get("model"),
+        "user": data.get("user"),
+        "n": data.get("n", 1),
+        "width": width,
+        "height": height,
+        "quality": quality,
+        "steps": data.get("num_inference_steps") or quality_steps(quality, config["DEFAULT_STEPS"]),
+        "guidance_scale": data.get("guidance_scale", config["DEFAULT_GUIDANCE_SCALE"]),
+        "seed": seed,
+        # Image i uses seed + i, wrapped so every returned seed can be sent back.
+        "seeds": tuple((seed + i) % (MAX_SEED + 1) for i in range(data.get("n", 1))),
+        "response_format": data.get("response_format", "url"),
+        "output_format": data.get("output_format", "png"),
+        "output_compression": data.get("output_compression", 100),
+        "background": data.get("background", "auto"),
+        "stream": data.get("stream", False),
+        "partial_images": data.get("partial_images", 0),
+        "strength": data.get("strength"),
+    }
+
+
+class EditRequestSchema(GenerationRequestSchema):
+    """POST /v1/images/edits and /v1/images/variations: multipart form fields.
+
+    Form fields arrive as strings, so numbers and booleans are parsed from text here.
+    Files (`image`, `image[]`, `mask`) are read by the view, not by this schema.
+    """
+
+    n = fields.Integer(allow_none=True, validate=validate.Range(min=1))
+    output_compression = fields.Integer(allow_none=True, validate=validate.Range(0, 100))
+    stream = fields.Boolean(allow_none=True)
+    partial_images = fields.Integer(allow_none=True, validate=validate.Range(0, 3))
+    seed = fields.Integer(allow_none=True, validate=validate.Range(0, MAX_SEED))
+    num_inference_steps = fields.Integer(allow_none=True, validate=validate.Range(min=1))
+    guidance_scale = fields.Float(allow_nan=False, allow_none=True, validate=validate.Range(min=0))
+    strength = fields.Float(allow_nan=False, allow_none=True, validate=validate.Range(0, 1))
+    input_fidelity = _choice("low", "high")  # OpenAI's; accepted and ignored
+
+    @post_load
+    def _resolve(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        """Fill in defaults; without a size the view uses the input image's size."""
+        data = {key: value for key, value in data.items() if value is not None}
+        size = data.get("size", "auto")
+        return resolve_common(
+            data, None if size == "auto" else parse_size(size, current_app.config)
+        )
 
 
 generation_request = GenerationRequestSchema()
+edit_request = EditRequestSchema()
+# Variations take no prompt: the server's VARIATIONS_PROMPT is used.
+variation_request = EditRequestSchema(
+    exclude=("prompt", "negative_prompt", "quality", "style", "background", "moderation",
+             "input_fidelity", "stream", "partial_images")
+)  # fmt: skip

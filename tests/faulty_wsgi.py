@@ -33,7 +33,7 @@ class _FaultyPipeline:
 
 
 _derive = Engine._derive
-Engine._derive = lambda self, shared: _FaultyPipeline(_derive(self, shared))
+Engine._derive = lambda self, *args: _FaultyPipeline(_derive(self, *args))
 
 from wsgi import app  # noqa: E402
 

@@ -1,0 +1,221 @@
+"""Edits, variations and streaming through the real server and the official openai SDK."""
+
+from __future__ import annotations
+
+import base64
+import io
+from pathlib import Path
+
+import numpy as np
+import openai
+import pytest
+import requests
+import torch
+from flask import Flask
+from PIL import Image
+
+from tests.conftest import assert_openai_error, pixels
+
+STEPS = {"num_inference_steps": 4}
+
+
+def png(size: tuple[int, int] = (64, 64), hole: tuple[int, int, int, int] | None = None) -> bytes:
+    """A PNG of stripes; `hole` (left, top, right, bottom) is made fully transparent."""
+    image = Image.new("RGBA", size, (30, 120, 200, 255))
+    for x in range(0, size[0], 8):
+        for y in range(size[1]):
+            image.putpixel((x, y), (250, 250, 20, 255))
+    if hole:
+        image.paste((0, 0, 0, 0), hole)
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def opaque_png(size: tuple[int, int] = (64, 64)) -> bytes:
+    buffer = io.BytesIO()
+    Image.open(io.BytesIO(png(size))).convert("RGB").save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def sdk(server: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server}/v1", api_key="unused", max_retries=0)
+
+
+def _decoded(result: openai.types.ImagesResponse) -> list[np.ndarray]:
+    return [pixels(base64.b64decode(item.b64_json)) for item in result.data]
+
+
+def test_sdk_edit_with_mask_repaints_only_the_transparent_area(sdk: openai.OpenAI) -> None:
+    source = opaque_png()
+    mask = png(hole=(16, 16, 48, 48))
+    result = sdk.images.edit(
+        image=("in.png", source, "image/png"), mask=("mask.png", mask, "image/png"),
+        prompt="a red door", response_format="b64_json", extra_body={**STEPS, "seed": 5},
+    )  # fmt: skip
+    [edited] = _decoded(result)
+    original = pixels(source)
+    assert edited.shape == original.shape == (64, 64, 3)
+    inside = np.abs(edited[20:44, 20:44].astype(int) - original[20:44, 20:44]).mean()
+    outside = np.abs(edited[:8].astype(int) - original[:8]).mean()
+    assert inside > outside  # the transparent area changed more than the kept area
+
+
+def test_sdk_edit_without_mask_is_image_to_image(sdk: openai.OpenAI) -> None:
+    result = sdk.images.edit(
+        image=("in.png", opaque_png((96, 64)), "image/png"), prompt="autumn",
+        response_format="b64_json", extra_body={**STEPS, "seed": 9, "strength": 0.5},
+    )  # fmt: skip
+    [edited] = _decoded(result)
+    assert edited.shape == (64, 96, 3)  # the input's size, already a multiple of 16
+    again = sdk.images.edit(
+        image=("in.png", opaque_png((96, 64)), "image/png"), prompt="autumn",
+        response_format="b64_json", extra_body={**STEPS, "seed": 9, "strength": 0.5},
+    )  # fmt: skip
+    assert np.array_equal(edited, _decoded(again)[0])  # same seed, same image
+
+
+def test_sdk_edit_url_and_several_images(sdk: openai.OpenAI, server: str) -> None:
+    result = sdk.images.edit(
+        image=[("a.png", opaque_png(), "image/png"), ("b.png", opaque_png((80, 48)), "image/png")],
+        prompt="snow", size="64x64", extra_body=STEPS,
+    )  # fmt: skip
+    assert len(result.data) == 2
+    for item in result.data:
+        assert item.url and item.url.startswith(server)
+        assert requests.get(item.url, timeout=10).content.startswith(b"\x89PNG")
+
+
+def test_sdk_variations_n2(sdk: openai.OpenAI) -> None:
+    result = sdk.images.create_variation(
+        image=("in.png", opaque_png(), "image/png"), n=2, response_format="b64_json",
+        extra_body={**STEPS, "seed": 11, "strength": 0.7},
+    )  # fmt: skip
+    first, second = _decoded(result)
+    assert [item.seed for item in result.data] == [11, 12]
+    assert not np.array_equal(first, second)
+
+
+def test_sdk_streams_two_partial_images_then_the_final_one(sdk: openai.OpenAI) -> None:
+    stream = sdk.images.generate(
+        prompt="a harbour", stream=True, partial_images=2, size="64x64",
+        extra_body={"num_inference_steps": 6, "seed": 3},
+    )  # fmt: skip
+    events = list(stream)
+    assert [event.type for event in events] == [
+        "image_generation.partial_image",
+        "image_generation.partial_image",
+        "image_generation.completed",
+    ]
+    assert [event.partial_image_index for event in events[:2]] == [0, 1]
+    final = pixels(base64.b64decode(events[-1].b64_json))
+    assert final.shape == (64, 64, 3)
+    assert events[-1].size == "64x64" and events[-1].output_format == "png"
+    # The streamed final image is the image the same request gives without streaming.
+    plain = sdk.images.generate(prompt="a harbour", size="64x64", response_format="b64_json",
+                                extra_body={"num_inference_steps": 6, "seed": 3})  # fmt: skip
+    assert np.array_equal(final, _decoded(plain)[0])
+
+
+def test_sdk_streams_an_edit_with_image_edit_events(sdk: openai.OpenAI) -> None:
+    stream = sdk.images.edit(
+        image=("in.png", opaque_png(), "image/png"), mask=("m.png", png(hole=(0, 0, 32, 32)),
+        "image/png"), prompt="moss", stream=True, partial_images=1,
+        extra_body={"num_inference_steps": 6, "strength": 1.0},
+    )  # fmt: skip
+    types = [event.type for event in stream]
+    assert types == ["image_edit.partial_image", "image_edit.completed"]
+
+
+def test_streaming_errors_before_admission_are_plain_http_errors(server: str) -> None:
+    response = requests.post(f"{server}/v1/images/generations", timeout=10,
+                             json={"prompt": "x", "stream": True, "n": 2})  # fmt: skip
+    assert_openai_error(response.status_code, response.content, response.headers, 400, param="n")
+
+
+@pytest.mark.parametrize(
+    ("files", "data", "status", "param"),
+    [
+        ({}, {"prompt": "x"}, 400, "image"),
+        ({"image": ("a.txt", b"hello", "text/plain")}, {"prompt": "x"}, 400, "image"),
+        ({"image": ("a.png", b"", "image/png")}, {"prompt": "x"}, 400, "image"),
+        ({"image": ("a.gif", b"GIF89a\x01\x00\x01\x00\x00\x00\x00;", "image/gif")},
+         {"prompt": "x"}, 400, "image"),
+        ({"image": ("a.png", opaque_png(), "image/png"),
+          "mask": ("m.png", png((32, 32), hole=(0, 0, 8, 8)), "image/png")},
+         {"prompt": "x"}, 400, "mask"),
+        ({"image": ("a.png", opaque_png(), "image/png"),
+          "mask": ("m.png", opaque_png(), "image/png")}, {"prompt": "x"}, 400, "mask"),
+        ({"image": ("a.png", opaque_png(), "image/png")}, {}, 400, "prompt"),
+        ({"image": ("a.png", opaque_png(), "image/png")}, {"prompt": "x", "n": "zero"}, 400, "n"),
+        ({"image": ("a.png", opaque_png(), "image/png")},
+         {"prompt": "x", "strength": "1.5"}, 400, "strength"),
+        ({"image": ("a.png", opaque_png(), "image/png")}, {"prompt": "x", "bogus": "1"}, 400,
+         "bogus"),
+        ({"image": ("a.png", opaque_png(), "image/png"), "extra": ("e.png", b"x", "image/png")},
+         {"prompt": "x"}, 400, "extra"),
+    ],
+)  # fmt: skip
+def test_bad_uploads_are_openai_errors_and_write_nothing(
+    app: Flask, files: dict, data: dict, status: int, param: str
+) -> None:
+    image_dir = Path(app.config["IMAGE_DIR"])
+    before = set(image_dir.iterdir())
+    form = {**data, **{name: (io.BytesIO(blob), filename, mime)
+                       for name, (filename, blob, mime) in files.items()}}  # fmt: skip
+    response = app.test_client().post("/v1/images/edits", data=form,
+                                      content_type="multipart/form-data")  # fmt: skip
+    assert_openai_error(response.status_code, response.data, response.headers, status, param=param)
+    assert set(image_dir.iterdir()) == before
+
+
+def test_decompression_bomb_is_refused_before_decoding(app: Flask) -> None:
+    bomb = io.BytesIO()
+    Image.new("1", (20000, 20000)).save(bomb, "PNG")  # tiny file, 400 megapixels
+    response = app.test_client().post(
+        "/v1/images/variations", content_type="multipart/form-data",
+        data={"image": (io.BytesIO(bomb.getvalue()), "bomb.png", "image/png")},
+    )  # fmt: skip
+    error = assert_openai_error(response.status_code, response.data, response.headers, 400,
+                                param="image")  # fmt: skip
+    assert error["code"] in ("image_too_large", "invalid_image")
+
+
+def test_upload_over_the_limit_is_413(model_cache: Path, tmp_path: Path) -> None:
+    from tests.conftest import make_app
+
+    small = make_app(model_cache, tmp_path, MAX_UPLOAD_BYTES=50_000)
+    response = small.test_client().post(
+        "/v1/images/edits", content_type="multipart/form-data",
+        data={"prompt": "x", "image": (io.BytesIO(b"\x00" * 100_000), "big.png", "image/png")},
+    )  # fmt: skip
+    assert_openai_error(response.status_code, response.data, response.headers, 413)
+
+
+def test_json_edit_is_415(app: Flask) -> None:
+    response = app.test_client().post("/v1/images/edits", json={"prompt": "x"})
+    assert_openai_error(response.status_code, response.data, response.headers, 415)
+
+
+def test_edits_share_the_loaded_weights(app: Flask) -> None:
+    engine = app.extensions["engine"]
+    shared = engine.shared
+    modules_before = {name: id(c) for name, c in shared.components.items()}
+    from app.engine import IMAGE_TO_IMAGE, INPAINT
+
+    for task in (IMAGE_TO_IMAGE, INPAINT):
+        derived = engine.derive_pipeline(task)
+        assert type(derived).__name__ != type(shared).__name__
+        for name in ("transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3"):
+            assert getattr(derived, name) is getattr(shared, name), name
+    response = app.test_client().post(
+        "/v1/images/edits", content_type="multipart/form-data",
+        data={"prompt": "x", "num_inference_steps": "2",
+              "image": (io.BytesIO(png(hole=(0, 0, 8, 8))), "a.png", "image/png")},
+    )  # fmt: skip
+    assert response.status_code == 200, response.get_json()
+    assert {name: id(c) for name, c in shared.components.items()} == modules_before
+    assert all(
+        p.dtype == torch.float32 for p in shared.transformer.parameters()
+    )  # never converted
