@@ -301,7 +301,7 @@ def test_invalid_n_is_400_naming_n(client: FlaskClient, n: Any) -> None:
         ("seed", -1),
         ("num_inference_steps", 0),
         ("background", "transparent"),
-        ("stream", True),
+        ("stream", "yes"),
         ("prompt", ""),
     ],
 )

@@ -203,7 +203,7 @@ REJECTED: list[tuple[str, Any]] = [
     ("prompt", 42),
     ("negative_prompt", "n" * 4001),
     ("background", "transparent"),
-    ("stream", True),
+    ("partial_images", 4),
     ("stream", "false"),
     ("style", "photographic"),
     ("partial_images", 4),
