@@ -346,7 +346,7 @@ def test_body_over_a_configured_limit_is_413(tmp_path: Path) -> None:
 
 def test_unknown_route_is_404(client: FlaskClient) -> None:
     error_of(client.get("/v1/nothing-here"), 404, code="not_found")
-    error_of(client.post("/v1/images/edits", json={"prompt": "x"}), 404, code="not_found")
+    error_of(client.post("/v1/images/nothing", json={"prompt": "x"}), 404, code="not_found")
 
 
 def test_get_on_generations_is_405_with_allow(client: FlaskClient) -> None:
@@ -565,8 +565,8 @@ def fresh_app(model_cache: Path, tmp_path: Path) -> Flask:
     return make_app(model_cache, tmp_path / "images")
 
 
-def _failing_pipeline(exc: BaseException) -> Callable[[], Callable[..., Any]]:
-    def derive() -> Callable[..., Any]:
+def _failing_pipeline(exc: BaseException) -> Callable[..., Callable[..., Any]]:
+    def derive(*task: str) -> Callable[..., Any]:
         def pipeline(**kwargs: Any) -> Any:
             raise exc
 

@@ -16,24 +16,24 @@ from tests.server import GunicornServer
 def test_slow_load_answers_503_and_is_never_killed_by_gunicorn(
     model_cache: Path, tmp_path: Path
 ) -> None:
-    # The load takes three times Gunicorn's worker timeout.
+    # The load takes over twice Gunicorn's worker timeout (which must still cover booting).
     env = {**FAST, "MODEL_CACHE_DIR": model_cache, "IMAGE_DIR": tmp_path,
-           "GUNICORN_TIMEOUT": 2, "TEST_LOAD_DELAY": 6, "LOAD_RETRY_AFTER_SECONDS": 3}  # fmt: skip
+           "GUNICORN_TIMEOUT": 5, "TEST_LOAD_DELAY": 12, "LOAD_RETRY_AFTER_SECONDS": 3}  # fmt: skip
     server = GunicornServer(env, app="tests.slow_wsgi:app").start(wait_ready=False)
     try:
         url = server.base_url
         deadline = time.monotonic() + 60
         while True:  # wait for the worker to answer at all
             try:
-                health = requests.get(f"{url}/healthz", timeout=5)
+                health = requests.get(f"{url}/healthz", timeout=30)
                 break
             except requests.ConnectionError:
                 assert time.monotonic() < deadline, server.log()
                 time.sleep(0.1)
         assert health.status_code == 200
-        ready = requests.get(f"{url}/readyz", timeout=5)
+        ready = requests.get(f"{url}/readyz", timeout=30)
         assert ready.status_code == 503 and ready.json()["reason"] == "model is loading"
-        response = requests.post(f"{url}/v1/images/generations", json={"prompt": "x"}, timeout=5)
+        response = requests.post(f"{url}/v1/images/generations", json={"prompt": "x"}, timeout=30)
         assert_openai_error(response.status_code, response.content, response.headers, 503,
                             code="model_loading")  # fmt: skip
         assert response.headers["Retry-After"] == "3"
@@ -54,7 +54,7 @@ def test_load_failure_answers_503_saying_what_to_set(model_cache: Path, tmp_path
         deadline = time.monotonic() + 60
         while True:
             try:
-                ready = requests.get(f"{server.base_url}/readyz", timeout=5)
+                ready = requests.get(f"{server.base_url}/readyz", timeout=30)
                 if ready.json()["status"] == "failed":
                     break
             except requests.ConnectionError:

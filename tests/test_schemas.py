@@ -203,7 +203,7 @@ REJECTED: list[tuple[str, Any]] = [
     ("prompt", 42),
     ("negative_prompt", "n" * 4001),
     ("background", "transparent"),
-    ("partial_images", 4),
+    ("stream", 1),
     ("stream", "false"),
     ("style", "photographic"),
     ("partial_images", 4),
