@@ -45,7 +45,11 @@ class GunicornServer:
         self.process = subprocess.Popen(command, cwd=ROOT, env=self.env, stdout=log, stderr=log)
         log.close()
         if wait_ready:
-            self.wait_ready()
+            try:
+                self.wait_ready()
+            except BaseException:
+                self.stop()  # never leave a server running behind a failed start
+                raise
         return self
 
     def wait_ready(self) -> None:
