@@ -41,10 +41,29 @@ keepalive = 5
 # not by Gunicorn as well.
 forwarded_allow_ips = ""
 
-# Log requests to stderr with Gunicorn's access format, errors likewise.
-accesslog = "-"
+# The app logs one access line per request (app/access_log.py: request id, latency,
+# queue wait, images), so Gunicorn's own access log is off; its error log goes to stderr.
+accesslog = None
 errorlog = "-"
 loglevel = os.environ.get("GUNICORN_LOG_LEVEL", "info")
+
+# LOG_FORMAT=json: Gunicorn's own lines become JSON objects too, like the app's.
+if os.environ.get("LOG_FORMAT", "text").strip().lower() == "json":
+    logconfig_dict = {
+        "root": {"level": "INFO", "handlers": []},  # the app adds its handler in the worker
+        "loggers": {
+            "gunicorn.error": {"level": loglevel.upper(), "handlers": ["json"], "propagate": False},
+            "gunicorn.access": {"level": "INFO", "handlers": [], "propagate": False},
+        },
+        "handlers": {
+            "json": {
+                "class": "logging.StreamHandler",
+                "formatter": "json",
+                "stream": "ext://sys.stderr",
+            },
+        },
+        "formatters": {"json": {"()": "app.access_log.JsonFormatter"}},
+    }
 
 
 def post_worker_init(worker):

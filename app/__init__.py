@@ -50,12 +50,17 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, load_model: bool
     """Create the app: config, logging, engine, image store, blueprints, error handlers."""
     from app import api, files, playground, probes
     from app import metrics as metrics_module
+    from app.access_log import init_access_log
+    from app.auth import init_auth
+    from app.cors import init_cors
     from app.engine import Engine
     from app.errors import register_error_handlers
     from app.images import ImageStore
     from app.lane import Lane
     from app.metrics import Metrics, init_request_metrics
+    from app.openapi import init_openapi
     from app.request_ids import configure_logging, init_request_ids
+    from app.retention import init_retention
 
     # No built-in static route: app/files.py decides what under static/ may be served.
     app = Flask(__name__, static_folder=None, instance_path=str(PROJECT_ROOT / "instance"))
@@ -68,7 +73,7 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, load_model: bool
     config["MAX_CONTENT_LENGTH"] = config["MAX_REQUEST_BYTES"]
     app.config.from_mapping(config)
 
-    configure_logging(app.config["LOG_LEVEL"])
+    configure_logging(app.config["LOG_LEVEL"], app.config["LOG_FORMAT"])
     if app.config["TRUSTED_PROXIES"] > 0:
         hops = app.config["TRUSTED_PROXIES"]
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops,
@@ -99,12 +104,18 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, load_model: bool
     app.extensions["metrics"] = metrics
 
     init_request_ids(app)
+    init_access_log(app)  # before auth: a refused request is logged too
+    init_auth(app)
+    init_cors(app)
+    sweeper = init_retention(app)
     init_request_metrics(app, metrics)
     register_error_handlers(app)
     for blueprint in (api.bp, files.bp, probes.bp, metrics_module.bp):
         app.register_blueprint(blueprint)
     app.register_blueprint(playground.bp)
+    init_openapi(app)
 
     if load_model:
         engine.start()
+        sweeper.start()
     return app

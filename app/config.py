@@ -65,6 +65,16 @@ SETTINGS: dict[str, tuple[Any, Any]] = {
     "TRUSTED_PROXIES": (0, int),  # proxies whose X-Forwarded-* headers are honoured
     "MAX_REQUEST_BYTES": (1024 * 1024, int),
     "LOG_LEVEL": ("INFO", str),
+    "LOG_FORMAT": ("text", str),  # text | json (one JSON object per line)
+    "CORS_ORIGINS": ("", str),  # comma-separated origins allowed to call the API; empty: none
+    # API keys: with any configured, /v1/* needs `Authorization: Bearer <key>`
+    "API_KEYS": ("", str),  # comma-separated keys
+    "API_KEYS_FILE": ("", str),  # a file with one key per line (`#` comments)
+    "METRICS_REQUIRE_KEY": (False, _parse_bool),  # /metrics needs a key too
+    # Image retention
+    "IMAGE_TTL_SECONDS": (3600.0, float),  # an image's URL lives this long; 0 keeps forever
+    "IMAGE_STORE_MAX_BYTES": (0, int),  # over it, the oldest images go first; 0: no cap
+    "IMAGE_SWEEP_INTERVAL_SECONDS": (60.0, float),  # at most; at least ten sweeps per TTL
 }
 
 # Step counts for OpenAI's `quality` values, as multiples of DEFAULT_STEPS.

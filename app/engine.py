@@ -190,6 +190,8 @@ class Engine:
         self._metrics = metrics
         # Called after a fatal device error; Gunicorn's hook sets it to restart the worker.
         self.on_fatal: Callable[[], None] | None = None
+        # Called with each admitted job in the request's thread (the access log reads it).
+        self.on_submit: Callable[[Job], None] | None = None
         self._shared: Any = None
         self._failure: str | None = None
         self._fatal: str | None = None
@@ -395,6 +397,8 @@ class Engine:
                        spec.strength, spec.negative_prompt is not None) if batchable else None,
         )  # fmt: skip
         self.lane.enqueue(job)
+        if self.on_submit:
+            self.on_submit(job)
         return job
 
     def complete(self, job: Job) -> list[Image.Image]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, abort, current_app, send_from_directory
 
 from app.images import IMAGE_NAME
+from app.retention import is_expired
 
 bp = Blueprint("files", __name__)
 
@@ -18,6 +19,8 @@ def image(name: str) -> Response:
     if not IMAGE_NAME.match(name):
         abort(404)
     store = current_app.extensions["image_store"]
+    if is_expired(store.directory / name, current_app.config["IMAGE_TTL_SECONDS"]):
+        abort(404)  # past IMAGE_TTL_SECONDS: gone, even before the sweeper deletes it
     return send_from_directory(store.directory, name, max_age=IMAGE_MAX_AGE)
 
 

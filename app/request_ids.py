@@ -24,7 +24,8 @@ class RequestIdFilter(logging.Filter):
     """Add `request_id` to every log record so the format can show it."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.request_id = current_request_id()
+        if not hasattr(record, "request_id"):  # access lines, logged after the request, carry it
+            record.request_id = current_request_id()
         return True
 
 
@@ -42,15 +43,23 @@ def init_request_ids(app: Flask) -> None:
         return response
 
 
-def configure_logging(level: str) -> None:
-    """Log to stderr with the request id on every line, once per process."""
+def configure_logging(level: str, log_format: str = "text") -> None:
+    """Log to stderr with the request id on every line (one handler per process)."""
+    from app.access_log import JsonFormatter
+
     root = logging.getLogger()
-    if any(isinstance(f, RequestIdFilter) for h in root.handlers for f in h.filters):
-        return
-    handler = logging.StreamHandler()
-    handler.addFilter(RequestIdFilter())
-    handler.setFormatter(
-        logging.Formatter("%(asctime)s %(levelname)s [%(request_id)s] %(name)s: %(message)s")
+    handler = next(
+        (h for h in root.handlers if any(isinstance(f, RequestIdFilter) for f in h.filters)),
+        None,
     )
-    root.addHandler(handler)
+    if handler is None:
+        handler = logging.StreamHandler()
+        handler.addFilter(RequestIdFilter())
+        root.addHandler(handler)
+    if log_format.lower() == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s [%(request_id)s] %(name)s: %(message)s")
+        )
     root.setLevel(level.upper())

@@ -17,10 +17,21 @@ from PIL import Image
 
 from app import create_app
 from app.tiny_model import ensure_tiny_sd3
+from tests.leaks import ResponseWatch
 from tests.server import GunicornServer
 
 # Small and fast defaults for every app and server the tests start.
 FAST = {"MODEL_ID": "tiny-random", "DEFAULT_SIZE": "64x64", "DEFAULT_STEPS": 2}
+
+
+@pytest.fixture(autouse=True)
+def no_traceback_in_error_responses(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Fail any test that received an error response with a traceback or internal path."""
+    watch = ResponseWatch()
+    watch.install(monkeypatch)
+    yield
+    if watch.leaks:
+        pytest.fail("error responses leaked internals:\n" + "\n".join(watch.leaks))
 
 
 @pytest.fixture(scope="session")

@@ -216,6 +216,4 @@ def test_edits_share_the_loaded_weights(app: Flask) -> None:
     )  # fmt: skip
     assert response.status_code == 200, response.get_json()
     assert {name: id(c) for name, c in shared.components.items()} == modules_before
-    assert all(
-        p.dtype == torch.float32 for p in shared.transformer.parameters()
-    )  # never converted
+    assert all(p.dtype == torch.float32 for p in shared.transformer.parameters())  # never converted

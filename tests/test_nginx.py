@@ -1,0 +1,184 @@
+"""The real nginx (deploy/nginx.conf) in front of the real Gunicorn server."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import pytest
+import requests
+
+from tests.conftest import FAST, assert_openai_error
+from tests.server import ROOT, GunicornServer, free_port
+
+NGINX = shutil.which("nginx") or next(
+    (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if Path(p).exists()), None
+)
+pytestmark = pytest.mark.skipif(NGINX is None, reason="nginx is missing (.ci/run installs it)")
+
+SMALL = {"size": "64x64", "num_inference_steps": 1}
+
+
+def render_site(nginx_port: int, gunicorn_port: int, image_dir: Path, logs: Path) -> str:
+    """Return deploy/nginx.conf with the test's ports and paths in place of the defaults."""
+    site = (ROOT / "deploy" / "nginx.conf").read_text()
+    for default, value in (
+        ("server 127.0.0.1:8000;", f"server 127.0.0.1:{gunicorn_port};"),
+        ("listen 80;", f"listen 127.0.0.1:{nginx_port};"),
+        ("/srv/image-server/static/images/", f"{image_dir}/"),
+        ("/var/log/nginx/", f"{logs}/"),
+    ):
+        assert default in site, f"deploy/nginx.conf no longer contains {default!r}"
+        site = site.replace(default, value)
+    return site
+
+
+def main_config(prefix: Path, site: Path) -> str:
+    """A minimal nginx.conf around the site file, with every path under `prefix`."""
+    temp = "\n".join(
+        f"    {kind}_temp_path {prefix}/{kind};"
+        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    return f"""
+user root;
+worker_processes 1;
+pid {prefix}/nginx.pid;
+error_log {prefix}/logs/main-error.log;
+events {{ worker_connections 64; }}
+http {{
+    include /etc/nginx/mime.types;
+    default_type application/octet-stream;
+    access_log off;
+{temp}
+    include {site};
+}}
+"""
+
+
+class Nginx:
+    """nginx running in the foreground on a loopback port, from a rendered config."""
+
+    def __init__(self, prefix: Path, upstream_port: int, image_dir: Path) -> None:
+        self.prefix = prefix
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        (prefix / "logs").mkdir(parents=True)
+        site = prefix / "image-server.conf"
+        site.write_text(render_site(self.port, upstream_port, image_dir, prefix / "logs"))
+        self.config = prefix / "nginx.conf"
+        self.config.write_text(main_config(prefix, site))
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> Nginx:
+        command = [NGINX, "-p", str(self.prefix), "-c", str(self.config)]
+        check = subprocess.run([*command, "-t"], capture_output=True, text=True)
+        assert check.returncode == 0, check.stderr
+        self.process = subprocess.Popen([*command, "-g", "daemon off;"])
+        deadline = time.monotonic() + 20
+        while True:
+            assert self.process.poll() is None, self.error_log()
+            try:
+                requests.get(f"{self.base_url}/healthz", timeout=2)
+                return self
+            except requests.ConnectionError:
+                assert time.monotonic() < deadline, "nginx did not start"
+                time.sleep(0.1)
+
+    def error_log(self) -> str:
+        logs = self.prefix / "logs"
+        return "\n".join(p.read_text(errors="replace") for p in logs.glob("*error.log"))
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.process is not None
+        self.process.terminate()
+        self.process.wait(timeout=20)
+
+
+@pytest.fixture(scope="module")
+def stack(
+    model_cache: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Nginx, GunicornServer]]:
+    """Gunicorn with TRUSTED_PROXIES=1, and nginx in front of it."""
+    image_dir = tmp_path_factory.mktemp("nginx-images")
+    env = {**FAST, "MODEL_CACHE_DIR": model_cache, "IMAGE_DIR": image_dir, "TRUSTED_PROXIES": 1}
+    with GunicornServer(env) as gunicorn:
+        with Nginx(tmp_path_factory.mktemp("nginx"), gunicorn.port, image_dir) as nginx:
+            yield nginx, gunicorn
+
+
+def test_image_generated_through_nginx_is_served_by_nginx(stack) -> None:  # noqa: ANN001
+    nginx, gunicorn = stack
+    sdk = openai.OpenAI(base_url=f"{nginx.base_url}/v1", api_key="unused", max_retries=0)
+    result = sdk.images.generate(prompt="a lighthouse", extra_body=SMALL)
+    url = result.data[0].url
+    # The URL was built by the app from nginx's X-Forwarded-* headers: it points at nginx.
+    assert url.startswith(f"{nginx.base_url}/static/images/"), url
+    name = url.rsplit("/", 1)[1]
+    image = requests.get(url, timeout=10)
+    assert image.status_code == 200
+    assert image.headers["Content-Type"] == "image/png"
+    assert image.content == (Path(gunicorn.env["IMAGE_DIR"]) / name).read_bytes()
+    assert "immutable" in image.headers["Cache-Control"]
+    # nginx, not Flask: Flask puts x-request-id on every response, and logs every request.
+    assert image.headers["Server"] == "nginx"
+    assert "x-request-id" not in image.headers
+    assert name not in gunicorn.log()
+    assert '"POST /v1/images/generations" 200' in gunicorn.log()
+
+
+def test_unknown_or_traversing_image_paths_are_404_from_nginx(stack) -> None:  # noqa: ANN001
+    nginx, _ = stack
+    paths = [
+        "/static/images/" + "0" * 32 + ".png",
+        "/static/images/x.png",
+        "/static/images/../../wsgi.py",
+        "/static/images/%2e%2e/%2e%2e/wsgi.py",
+        "/static/images/..%2f..%2fgunicorn.conf.py",
+        "/static/%2e%2e/app/config.py",
+    ]
+    for path in paths:
+        with requests.Session() as session:
+            prepared = requests.Request("GET", nginx.base_url + "/").prepare()
+            prepared.url = nginx.base_url + path  # sent as is, not normalised by the client
+            response = session.send(prepared, timeout=10)
+        assert_openai_error(response.status_code, response.content, response.headers, 404)
+        assert b"import" not in response.content
+
+
+def test_oversized_bodies_get_nginx_413_in_openai_shape(stack) -> None:  # noqa: ANN001
+    nginx, gunicorn = stack
+    url = f"{nginx.base_url}/v1/images/generations"
+    json_body = json.dumps({"prompt": "x" * (2 * 1024 * 1024)})
+    files = {"image": ("big.png", b"\0" * (2 * 1024 * 1024), "image/png")}
+    for request_id, kwargs in (
+        ("too-large-json", {"data": json_body, "headers": {"Content-Type": "application/json"}}),
+        ("too-large-multipart", {"files": files, "data": {"prompt": "x"}}),
+    ):
+        headers = {**kwargs.pop("headers", {}), "x-request-id": request_id}
+        response = requests.post(url, headers=headers, timeout=30, **kwargs)
+        assert_openai_error(response.status_code, response.content, response.headers, 413,
+                            code="request_too_large")  # fmt: skip
+        assert response.headers["Server"] == "nginx"
+        assert response.headers["x-request-id"] == request_id
+        assert request_id not in gunicorn.log()  # refused before reaching Gunicorn
+
+
+def test_request_id_and_streaming_pass_through_nginx(stack) -> None:  # noqa: ANN001
+    nginx, gunicorn = stack
+    url = f"{nginx.base_url}/v1/images/generations"
+    body = {"prompt": "stream", "stream": True, "response_format": "b64_json", **SMALL}
+    with requests.post(url, json=body, headers={"x-request-id": "through-nginx"}, stream=True,
+                       timeout=60) as response:  # fmt: skip
+        if response.status_code == 400:
+            pytest.skip("this server does not stream yet")
+        assert response.status_code == 200
+        assert response.headers["Content-Type"].startswith("text/event-stream")
+        assert response.headers["x-request-id"] == "through-nginx"
+        events = [line for line in response.iter_lines() if line.startswith(b"event:")]
+    assert events and events[-1].endswith(b".completed")
+    assert "[through-nginx]" in gunicorn.log()
