@@ -30,7 +30,7 @@ from transformers import (
 )
 
 TINY_MODEL_ID = "tiny-random"
-TINY_MODEL_VERSION = 1  # bump when the architecture changes; part of the cache directory name
+TINY_MODEL_VERSION = 2  # bump when the architecture changes; part of the cache directory name
 
 CLIP_BOS = "<|startoftext|>"
 CLIP_EOS = "<|endoftext|>"
@@ -168,7 +168,7 @@ def _vae() -> AutoencoderKL:
         use_quant_conv=False,
         use_post_quant_conv=False,
         shift_factor=0.0609,
-        scaling_factor=1.5035,
+        scaling_factor=1.5305,  # SD3's VAE value
     )
 
 
