@@ -132,18 +132,25 @@ def test_sigterm_drains_running_and_queued_requests_then_exits(
     server = GunicornServer(_env(model_cache, tmp_path)).start()
     try:
         base = server.base_url
-        with requests.Session() as session, ThreadPoolExecutor(2) as pool:
-            assert session.get(f"{base}/healthz", timeout=5).status_code == 200  # keep-alive
+        with (
+            requests.Session() as for_post,
+            requests.Session() as for_probe,
+            ThreadPoolExecutor(2) as pool,
+        ):
             running = pool.submit(_post, base, {"prompt": "running", **SLOW})
             _wait_for(lambda: _metric(base, "image_server_inflight_generations") == 1)
             queued = pool.submit(_post, base, {"prompt": "queued", **SMALL})
             _wait_for(lambda: _queue_depth(base) == 1, what="a queued request")
+            # Open two kept-alive connections: once Gunicorn stops accepting, a request on a
+            # kept-alive connection is still answered (then the connection is closed).
+            for session in (for_post, for_probe):
+                assert session.get(f"{base}/healthz", timeout=10).status_code == 200
             assert server.process is not None
             server.process.send_signal(signal.SIGTERM)
-            # Requests on a kept-alive connection are still answered while draining.
-            refused = session.post(f"{base}/v1/images/generations",
-                                   json={"prompt": "late", **SMALL}, timeout=10)  # fmt: skip
-            readiness = session.get(f"{base}/readyz", timeout=10)
+            _wait_for(lambda: "draining: no new generations" in server.log(), what="drain")
+            refused = for_post.post(f"{base}/v1/images/generations",
+                                    json={"prompt": "late", **SMALL}, timeout=10)  # fmt: skip
+            readiness = for_probe.get(f"{base}/readyz", timeout=10)
             finished = [running.result(), queued.result()]
         assert_openai_error(refused.status_code, refused.content, refused.headers, 503,
                             code="server_draining")  # fmt: skip
