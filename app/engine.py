@@ -11,6 +11,7 @@ seed gives the same image whatever runs beside it.
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 import logging
 import math
@@ -28,9 +29,6 @@ from app.lane import DeadlineExceeded, Job, Lane
 from app.metrics import Metrics
 
 log = logging.getLogger(__name__)
-
-# Built-in random-weight models: offline tests and demos, and GPU benchmarks.
-SD3_MEDIUM_RANDOM_ID = "sd3-medium-random"
 
 _DTYPES = {
     "bfloat16": torch.bfloat16,
@@ -254,6 +252,7 @@ class Engine:
             from diffusers import AutoPipelineForText2Image
             from diffusers.utils import logging as diffusers_logging
 
+            from app.sd3_medium_random import SD3_MEDIUM_RANDOM_ID, build_sd3_medium_random
             from app.tiny_model import TINY_MODEL_ID, ensure_tiny_sd3
         finally:
             transformers_logging.set_verbosity(verbosity)
@@ -272,8 +271,6 @@ class Engine:
                     self.model_id,
                 )
         if self.model_id == SD3_MEDIUM_RANDOM_ID:
-            from app.sd3_medium_random import build_sd3_medium_random
-
             # Built in place on the device, in the dtype: nothing to load.
             return build_sd3_medium_random(self.device, self.dtype)
         if self.model_id == TINY_MODEL_ID:
@@ -333,7 +330,7 @@ class Engine:
         components["scheduler"] = type(shared.scheduler).from_config(shared.scheduler.config)
         components.update(self._thread_tokenizers(shared))
         pipeline_class = self._pipeline_class(shared, task)
-        accepted = inspect.signature(pipeline_class.__init__).parameters
+        accepted = _init_parameters(pipeline_class)
         # Built directly (not with from_pipe), which would convert the shared modules'
         # dtype in place when none is given.
         pipeline = pipeline_class(**{k: v for k, v in components.items() if k in accepted})
@@ -477,6 +474,12 @@ class Engine:
     def _release_memory(self) -> None:
         if self.device is not None and self.device.type == "cuda":
             torch.cuda.empty_cache()
+
+
+@functools.cache
+def _init_parameters(pipeline_class: type) -> frozenset[str]:
+    """Return the component names a pipeline class takes (looked up once per class)."""
+    return frozenset(inspect.signature(pipeline_class.__init__).parameters)
 
 
 def _generators(spec: GenerationSpec) -> list[torch.Generator]:

@@ -686,19 +686,24 @@
 
   // ---------------------------------------------------------------- edit: image and mask painter
 
+  /** Decode an image file, or say in the page that the browser could not. */
+  async function readBitmap(file) {
+    try {
+      return await createImageBitmap(file);
+    } catch {
+      showError(new ApiError(`This browser could not read "${file.name}" as an image.`, { status: "form" }));
+      return null;
+    }
+  }
+
   async function loadEditImage(file) {
     if (!file) return;
     if (!file.type.startsWith("image/")) {
       showError(new ApiError(`"${file.name}" is not an image. Choose a PNG, JPEG or WebP file.`, { status: "form" }));
       return;
     }
-    let bitmap;
-    try {
-      bitmap = await createImageBitmap(file);
-    } catch {
-      showError(new ApiError(`This browser could not read "${file.name}" as an image.`, { status: "form" }));
-      return;
-    }
+    const bitmap = await readBitmap(file);
+    if (!bitmap) return;
     hideError();
     const { width, height } = bitmap;
     Object.assign(state.edit, { file, width, height, painted: false });
@@ -823,13 +828,8 @@
       showError(new ApiError("Choose the image to edit before its mask.", { status: "form" }));
       return;
     }
-    let bitmap;
-    try {
-      bitmap = await createImageBitmap(file);
-    } catch {
-      showError(new ApiError(`This browser could not read "${file.name}" as an image.`, { status: "form" }));
-      return;
-    }
+    const bitmap = await readBitmap(file);
+    if (!bitmap) return;
     const { width, height } = state.edit;
     const scratch = document.createElement("canvas");
     scratch.width = width;
