@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -68,6 +69,15 @@ class GunicornServer:
     def log(self) -> str:
         """Return what the server has logged so far."""
         return self.log_path.read_text(errors="replace") if self.log_path else ""
+
+    def wait_for_log(self, condition: Callable[[str], bool], timeout: float = 10.0) -> str:
+        """Return the log once `condition(log)` holds. Access lines are written after
+        their response has been sent, so a client can have its answer before the line."""
+        deadline = time.monotonic() + timeout
+        while not condition(log := self.log()):
+            assert time.monotonic() < deadline, f"the log did not get there in {timeout}s:\n{log}"
+            time.sleep(0.05)
+        return log
 
     def stop(self) -> None:
         """Stop the server (SIGTERM, then SIGKILL) and remove its log file."""

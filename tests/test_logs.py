@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -42,9 +43,15 @@ def _lines(server: GunicornServer) -> list[dict[str, Any]]:
 
 
 def _access(server: GunicornServer, request_id: str) -> dict[str, Any]:
-    [line] = [e for e in _lines(server) if e["logger"] == "app.access"
-              and e["request_id"] == request_id]  # fmt: skip
-    return line
+    """The request's one access line; it is written once the response is sent, so wait."""
+    deadline = time.monotonic() + 10
+    while True:
+        found = [e for e in _lines(server) if e["logger"] == "app.access"
+                 and e["request_id"] == request_id]  # fmt: skip
+        if found or time.monotonic() > deadline:
+            [line] = found
+            return line
+        time.sleep(0.05)
 
 
 def test_every_line_is_json_and_gunicorn_logs_no_access_lines_of_its_own(
