@@ -55,7 +55,7 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, load_model: bool
     from app.cors import init_cors
     from app.engine import Engine
     from app.errors import register_error_handlers
-    from app.images import ImageStore
+    from app.images import ImageEncoder, ImageStore
     from app.lane import Lane
     from app.metrics import Metrics, init_request_metrics
     from app.openapi import init_openapi
@@ -81,6 +81,7 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, load_model: bool
 
     store = ImageStore(app.config["IMAGE_DIR"])
     store.ensure_directory()
+    encoder = ImageEncoder(app.config["PNG_COMPRESS_LEVEL"], app.config["ENCODE_THREADS"])
     metrics = Metrics()
     lane = Lane(
         app.config["MAX_CONCURRENT_GENERATIONS"],
@@ -100,6 +101,7 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, load_model: bool
     )
     metrics.watch(lambda: _live_state(engine))
     app.extensions["image_store"] = store
+    app.extensions["image_encoder"] = encoder
     app.extensions["engine"] = engine
     app.extensions["metrics"] = metrics
 

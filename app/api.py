@@ -16,7 +16,7 @@ from PIL import Image
 
 from app.engine import IMAGE_TO_IMAGE, INPAINT, TEXT_TO_IMAGE, Engine, GenerationSpec
 from app.errors import APIError, api_error_for
-from app.images import FORMATS, ImageStore, encode_image
+from app.images import FORMATS, ImageEncoder, ImageStore
 from app.schemas import MAX_SEED, edit_request, generation_request, variation_request
 from app.uploads import edit_mask, output_size, read_image
 
@@ -254,7 +254,8 @@ def _encode(image: Image.Image, seed: int, spec: GenerationSpec, params: dict[st
     }
     if spec.task != TEXT_TO_IMAGE:
         metadata["strength"] = spec.strength
-    return encode_image(image, params["output_format"], params["output_compression"], metadata)
+    encoder: ImageEncoder = current_app.extensions["image_encoder"]
+    return encoder.encode(image, params["output_format"], params["output_compression"], metadata)
 
 
 def _render(images: list, spec: GenerationSpec, params: dict[str, Any]) -> dict[str, Any]:

@@ -59,6 +59,9 @@ SETTINGS: dict[str, tuple[Any, Any]] = {
     "BATCH_MAX_SIZE": (1, int),  # images per pipeline call; 1 turns batching off
     "BATCH_WAIT_MS": (10.0, float),  # how long a batch leader waits for company
     "WARMUP": (True, _parse_bool),  # one small generation before /readyz says ready
+    # Output encoding
+    "PNG_COMPRESS_LEVEL": (1, int),  # zlib level 0..9: 1 is fast, 9 smallest and slowest
+    "ENCODE_THREADS": (0, int),  # threads deflating one PNG; 0: the usable CPUs, at most 8
     # HTTP
     "IMAGE_DIR": ("", str),  # empty means static/images next to the app package
     "PUBLIC_BASE_URL": ("", str),

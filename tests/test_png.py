@@ -1,0 +1,171 @@
+"""The fast PNG encoder: files any decoder reads back exactly, with their text chunks."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import struct
+import zlib
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from app import create_app
+from app.images import ImageEncoder
+from app.png import MIN_PIECE_BYTES, encode_png
+from tests.conftest import FAST, make_app
+
+
+@pytest.fixture(scope="module")
+def pool() -> Iterator[ThreadPoolExecutor]:
+    with ThreadPoolExecutor(7) as executor:
+        yield executor
+
+
+def photo_like(height: int, width: int, channels: int, seed: int = 0) -> np.ndarray:
+    """Smooth gradients with grain: compressible, but not trivially."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width]
+    planes = [
+        128 + 100 * np.sin(x / 37.0 + c) * np.cos(y / 23.0 - c) + rng.normal(0, 4, (height, width))
+        for c in range(channels)
+    ]
+    return np.stack(planes, axis=-1).clip(0, 255).astype(np.uint8)
+
+
+def chunks(blob: bytes) -> list[tuple[bytes, bytes]]:
+    """Split a PNG into (type, data) chunks, checking the signature and every CRC."""
+    assert blob[:8] == b"\x89PNG\r\n\x1a\n"
+    found, offset = [], 8
+    while offset < len(blob):
+        (length,) = struct.unpack(">I", blob[offset : offset + 4])
+        kind = blob[offset + 4 : offset + 8]
+        data = blob[offset + 8 : offset + 8 + length]
+        (crc,) = struct.unpack(">I", blob[offset + 8 + length : offset + 12 + length])
+        assert crc == zlib.crc32(kind + data), f"bad CRC in {kind!r}"
+        found.append((kind, data))
+        offset += 12 + length
+    assert found[0][0] == b"IHDR" and found[-1] == (b"IEND", b"")
+    return found
+
+
+def unfilter(raw: bytes, height: int, row_bytes: int, bpp: int) -> np.ndarray:
+    """Undo PNG filters None/Sub/Up row by row, as a decoder does."""
+    rows = np.frombuffer(raw, dtype=np.uint8).reshape(height, row_bytes + 1)
+    out = np.zeros((height, row_bytes), dtype=np.uint8)
+    for y in range(height):
+        kind, line = rows[y, 0], rows[y, 1:]
+        if kind == 0:
+            out[y] = line
+        elif kind == 2:
+            above = out[y - 1] if y else np.zeros(row_bytes, np.uint8)
+            out[y] = line + above  # wraps modulo 256
+        else:
+            raise AssertionError(f"unexpected filter {kind} in row {y}")
+    return out
+
+
+@pytest.mark.parametrize("mode, channels", [("RGB", 3), ("RGBA", 4), ("L", 1), ("LA", 2)])
+@pytest.mark.parametrize("pieces", [1, 2, 8])
+def test_pixels_and_text_read_back_exactly(
+    pool: ThreadPoolExecutor, mode: str, channels: int, pieces: int
+) -> None:
+    pixels = photo_like(480, 641, channels)
+    image = Image.fromarray(pixels.squeeze(-1) if channels == 1 else pixels, mode)
+    text = {"parameters": '{"prompt": "a lighthouse"}'}
+
+    blob = encode_png(image, level=1, text=text, pool=pool, pieces=pieces)
+
+    decoded = Image.open(io.BytesIO(blob))
+    assert decoded.mode == mode and decoded.size == (641, 480)
+    assert np.array_equal(np.asarray(decoded), np.asarray(image))
+    assert decoded.text == text
+
+
+def test_parallel_pieces_form_one_checked_zlib_stream(pool: ThreadPoolExecutor) -> None:
+    pixels = photo_like(512, 512, 3)
+    image = Image.fromarray(pixels)
+    assert pixels.nbytes > 4 * MIN_PIECE_BYTES  # large enough to be cut in 4
+
+    one = encode_png(image, level=6, pool=pool, pieces=1)
+    four = encode_png(image, level=6, pool=pool, pieces=4)
+
+    idats = {}
+    for name, blob in (("one", one), ("four", four)):
+        found = chunks(blob)
+        width, height, depth, color, _, _, interlace = struct.unpack(">IIBBBBB", found[0][1])
+        assert (width, height, depth, color, interlace) == (512, 512, 8, 2, 0)
+        idats[name] = b"".join(data for kind, data in found if kind == b"IDAT")
+        # zlib.decompress checks the Adler-32 of the joined pieces.
+        raw = zlib.decompress(idats[name])
+        rows = unfilter(raw, 512, 512 * 3, 3)
+        assert np.array_equal(rows.reshape(512, 512, 3), pixels)
+    # The pieces were deflated separately: the streams differ, the pixels do not.
+    assert idats["one"] != idats["four"]
+
+
+@pytest.mark.parametrize("size", [(1, 1), (1, 300), (300, 1), (3, 5)])
+def test_tiny_and_thin_images(pool: ThreadPoolExecutor, size: tuple[int, int]) -> None:
+    pixels = photo_like(size[1], size[0], 3)
+    blob = encode_png(Image.fromarray(pixels), pool=pool, pieces=8)
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(blob))), pixels)
+
+
+def test_text_outside_latin1_goes_into_an_itxt_chunk() -> None:
+    image = Image.fromarray(photo_like(8, 8, 3))
+    latin = encode_png(image, text={"parameters": "café"})
+    wide = encode_png(image, text={"parameters": "雪の灯台 ☃"})
+
+    assert [kind for kind, _ in chunks(latin)].count(b"tEXt") == 1
+    assert [kind for kind, _ in chunks(wide)].count(b"iTXt") == 1
+    assert Image.open(io.BytesIO(latin)).text == {"parameters": "café"}
+    assert Image.open(io.BytesIO(wide)).text == {"parameters": "雪の灯台 ☃"}
+
+
+def test_other_modes_are_converted_keeping_transparency() -> None:
+    palette = Image.new("P", (4, 4), 1)
+    palette.info["transparency"] = 1
+    assert Image.open(io.BytesIO(encode_png(palette))).mode == "RGBA"
+    assert Image.open(io.BytesIO(encode_png(Image.new("1", (4, 4), 1)))).mode == "RGB"
+
+
+def test_higher_levels_make_smaller_files_of_the_same_pixels(pool: ThreadPoolExecutor) -> None:
+    image = Image.fromarray(photo_like(256, 256, 3))
+    sizes = {}
+    for level in (0, 1, 9):
+        blob = encode_png(image, level=level, pool=pool, pieces=2)
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(blob))), np.asarray(image))
+        sizes[level] = len(blob)
+    assert sizes[0] > sizes[1] > sizes[9]
+
+
+@pytest.mark.parametrize("setting, value", [("PNG_COMPRESS_LEVEL", 10), ("ENCODE_THREADS", -1)])
+def test_out_of_range_encoder_settings_stop_the_app(
+    model_cache: Path, tmp_path: Path, setting: str, value: int
+) -> None:
+    config = {**FAST, "MODEL_CACHE_DIR": str(model_cache), "IMAGE_DIR": str(tmp_path)}
+    with pytest.raises(ValueError, match=setting):
+        create_app({**config, setting: value}, load_model=False)
+
+
+def test_encoder_uses_the_usable_cpus_when_not_told() -> None:
+    assert ImageEncoder().threads == min(8, len(os.sched_getaffinity(0)))
+    assert ImageEncoder(threads=3).threads == 3
+
+
+def test_served_pngs_follow_png_compress_level(model_cache: Path, tmp_path: Path) -> None:
+    body = {"prompt": "a lighthouse", "size": "128x128", "seed": 5, "response_format": "b64_json"}
+    files = {}
+    for level in (0, 9):
+        app = make_app(model_cache, tmp_path / str(level), PNG_COMPRESS_LEVEL=level)
+        response = app.test_client().post("/v1/images/generations", json=body)
+        assert response.status_code == 200
+        files[level] = base64.b64decode(response.get_json()["data"][0]["b64_json"])
+    pixels = [np.asarray(Image.open(io.BytesIO(blob))) for blob in files.values()]
+    assert np.array_equal(pixels[0], pixels[1])
+    assert len(files[0]) > len(files[9])
