@@ -99,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
             encoders = {"Pillow, default level": pillow(None), "Pillow, level 1": pillow(1)}
             for level in (1, 6):
                 for threads in counts:
-                    label = f"app/png.py, level {level}, {threads} thread(s)"
+                    plural = "s" if threads > 1 else ""
+                    label = f"app/png.py, level {level}, {threads} thread{plural}"
                     encoders[label] = ours(level, threads, pool)
             baseline = None
             for label, encode in encoders.items():

@@ -246,6 +246,13 @@ class Results:
             else:
                 self.failures[status] = self.failures.get(status, 0) + 1
 
+    def merge(self, other: Results) -> None:
+        """Add another run's requests; wall times add up, as the runs did not overlap."""
+        self.latencies += other.latencies
+        for status, count in other.failures.items():
+            self.failures[status] = self.failures.get(status, 0) + count
+        self.wall += other.wall
+
     @property
     def failed(self) -> int:
         """Return the number of failed requests."""
@@ -304,24 +311,6 @@ def run_clients(base_url: str, case: Case, clients: int, per_client: int, seed: 
         thread.join()
     results.wall = time.perf_counter() - started
     return results
-
-
-def run_bursts(base_url: str, case: Case, clients: int, rounds: int, seed: int) -> Results:
-    """Send `rounds` bursts: `clients` requests at the same instant, the next burst after all.
-
-    With closed-loop clients (each sending its next request as soon as the last one
-    answers) mean latency is clients / throughput whatever the design (Little's law), so
-    the lane's latency advantage shows in bursts: FIFO finishes the first request after
-    one service time, while unbounded threads finish all of them together at the end.
-    """
-    total = Results(wall=0.0)
-    for index in range(rounds):
-        burst = run_clients(base_url, case, clients, 1, seed + index * clients)
-        total.latencies += burst.latencies
-        for status, count in burst.failures.items():
-            total.failures[status] = total.failures.get(status, 0) + count
-        total.wall += burst.wall
-    return total
 
 
 # -- the bare pipeline -------------------------------------------------------------------
@@ -409,6 +398,39 @@ class Row:
     ratio: str = ""
     target: str = ""
     met: bool | None = None
+
+
+class DesignServers:
+    """The concurrency section's servers, one per design: all up at once (side by side) or
+    one at a time, started (and warmed up) when first asked for and stopped on the way out.
+    """
+
+    def __init__(self, bench: Bench, case: Case, clients: int, side_by_side: bool) -> None:
+        self.bench, self.case, self.clients = bench, case, clients
+        self.side_by_side = side_by_side
+        self.stack = contextlib.ExitStack()
+        self.running: dict[str, Server] = {}
+
+    def __enter__(self) -> DesignServers:
+        if self.side_by_side:
+            for label, _ in DESIGNS:
+                self.get(label)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stack.close()
+
+    def get(self, label: str) -> Server:
+        """Return the design's running server, starting it (and stopping others) if need be."""
+        if label not in self.running:
+            if not self.side_by_side:
+                self.stack.close()
+                self.running.clear()
+            extra = dict(DESIGNS)[label]
+            server = self.stack.enter_context(self.bench.server(label, extra))
+            self.bench.warm_up(server, self.case, self.clients)
+            self.running[label] = server
+        return self.running[label]
 
 
 @dataclass
@@ -549,38 +571,71 @@ class Bench:
     # -- 2. concurrency ------------------------------------------------------------------
 
     def concurrency(self) -> None:
-        """Throughput and latency of the three designs at each number of clients."""
+        """Throughput and latency of the three designs at each number of clients.
+
+        With --rounds above 1 the three servers run side by side and take turns: each
+        round measures every design at one client count before the next round starts,
+        the design order rotating, so a drift in machine load hits the three alike (on
+        a shared CPU it moved single throughput figures by 30 % within minutes). With 1
+        round they run one after the other, one server up at a time (less GPU memory).
+        """
         case = Case.parse(self.args.concurrency_case)
         clients = [int(c) for c in self.args.clients.split(",")]
-        per_client = self.args.requests_per_client
-        measured: dict[tuple[str, int], Results] = {}
-        for label, extra in DESIGNS:
-            with self.server(label, extra) as server:
-                self.warm_up(server, case, max(clients))
-                for count in clients:
-                    results = run_clients(server.base_url, case, count, per_client, 0)
-                    measured[label, count] = results
-                    self.failures += results.failed
-                    say(f"{label}, {count} clients: {self.describe(results)}")
-                    self.rows.append(
-                        Row(
-                            f"Concurrency, {case.label()}: {label}, {plural(count, 'client')}"
-                            f" x {plural(per_client, 'request')}",
-                            self.describe(results),
-                        )
+        per_client, rounds = self.args.requests_per_client, self.args.rounds
+        labels = [label for label, _ in DESIGNS]
+        # (label, clients or "bursts", round), in the order they are measured.
+        turns: list[tuple[str, int | str, int]] = [
+            (label, count, r)
+            for count in clients
+            for r in range(rounds)
+            for label in labels[r % 3 :] + labels[: r % 3]
+        ]
+        if TARGET_CLIENTS in clients:
+            # Bursts: TARGET_CLIENTS requests at the same instant, the next burst after all
+            # are answered. With closed-loop clients (each sending its next request as soon
+            # as the last one answers) mean latency is clients / throughput whatever the
+            # design (Little's law); in bursts FIFO answers the first after one service
+            # time, while unbounded threads answer all of them together at the end.
+            turns += [
+                (label, "bursts", r)
+                for r in range(per_client * rounds)
+                for label in labels[r % 3 :] + labels[: r % 3]
+            ]
+        if rounds == 1:
+            turns.sort(key=lambda turn: labels.index(turn[0]))  # stable: design by design
+        measured: dict[tuple[str, int | str], Results] = {}
+        with DesignServers(self, case, max(clients), side_by_side=rounds > 1) as servers:
+            for label, count, r in turns:
+                base_url = servers.get(label).base_url
+                if count == "bursts":
+                    seed = 10**6 + r * TARGET_CLIENTS
+                    results = run_clients(base_url, case, TARGET_CLIENTS, 1, seed)
+                else:
+                    assert isinstance(count, int)
+                    results = run_clients(base_url, case, count, per_client, r * 10_000)
+                measured.setdefault((label, count), Results(wall=0.0)).merge(results)
+                self.failures += results.failed
+        for label in labels:
+            for count in clients:
+                results = measured[label, count]
+                say(f"{label}, {count} clients: {self.describe(results)}")
+                self.rows.append(
+                    Row(
+                        f"Concurrency, {case.label()}: {label}, {plural(count, 'client')}"
+                        f" x {plural(per_client * rounds, 'request')}",
+                        self.describe(results),
                     )
-                if TARGET_CLIENTS in clients:
-                    bursts = run_bursts(server.base_url, case, TARGET_CLIENTS, per_client, 10**6)
-                    measured[label, "bursts"] = bursts
-                    self.failures += bursts.failed
-                    say(f"{label}, {TARGET_CLIENTS}-request bursts: {self.describe(bursts)}")
-                    self.rows.append(
-                        Row(
-                            f"Bursts, {case.label()}: {label}, {TARGET_CLIENTS} requests at once"
-                            f" x {plural(per_client, 'round')}",
-                            self.describe(bursts),
-                        )
+                )
+            if (label, "bursts") in measured:
+                results = measured[label, "bursts"]
+                say(f"{label}, {TARGET_CLIENTS}-request bursts: {self.describe(results)}")
+                self.rows.append(
+                    Row(
+                        f"Bursts, {case.label()}: {label}, {TARGET_CLIENTS} requests at once"
+                        f" x {plural(per_client * rounds, 'round')}",
+                        self.describe(results),
                     )
+                )
         self.concurrency_ratios(measured)
 
     @staticmethod
@@ -697,15 +752,17 @@ class Bench:
         return "\n".join(lines) + "\n"
 
 
-# Request counts by mode: (overhead requests, warm-up, requests per client, memory
-# requests, memory warm-up). The full CPU run takes about 10 minutes on 2 cores.
-MODE_COUNTS: dict[str, tuple[int, int, int, int, int]] = {
-    "cpu": (60, 5, 8, 1000, 100),
-    "cpu-quick": (10, 2, 1, 100, 20),
-    "gpu": (12, 2, 2, 1000, 100),
-    "gpu-quick": (4, 1, 1, 100, 20),
+# Counts by mode: (overhead requests, warm-up, requests per client per round, memory
+# requests, memory warm-up, concurrency rounds). GPU mode runs its designs one at a time
+# (1 round): three sd3-medium-random servers side by side may not fit in GPU memory.
+MODE_COUNTS: dict[str, tuple[int, int, int, int, int, int]] = {
+    "cpu": (60, 5, 8, 1000, 100, 3),
+    "cpu-quick": (10, 2, 1, 100, 20, 1),
+    "gpu": (12, 2, 2, 1000, 100, 1),
+    "gpu-quick": (4, 1, 1, 100, 20, 1),
 }
-COUNTED = ("overhead_requests", "warmup", "requests_per_client", "memory_requests", "memory_warmup")
+COUNTED = ("overhead_requests", "warmup", "requests_per_client", "memory_requests",
+           "memory_warmup", "rounds")  # fmt: skip
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -787,7 +844,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--requests-per-client",
         type=int,
-        help=f"requests each client sends back to back {by_mode(2)}",
+        help=f"requests each client sends back to back, per round {by_mode(2)}",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        help="concurrency rounds; above 1 the three designs' servers run side by side and "
+        f"take turns round by round, so load drifts hit them alike {by_mode(5)}",
     )
     parser.add_argument("--memory-case", default="64x64:1", help="WxH:steps (default: 64x64:1)")
     parser.add_argument(
