@@ -34,7 +34,8 @@ MIN_PIECE_BYTES = 64 * 1024
 
 def _chunk(kind: bytes, data: bytes) -> bytes:
     """One PNG chunk: length, type, data, CRC of type and data."""
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    crc = zlib.crc32(data, zlib.crc32(kind))  # without copying the data
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
 
 
 def _text_chunk(keyword: str, text: str) -> bytes:
@@ -78,14 +79,18 @@ def deflate(
         return zlib.compress(view, level)
     size = math.ceil(total / pieces)
     bounds = [(start, min(start + size, total)) for start in range(0, total, size)]
-    # The calling thread deflates the first piece while the pool does the rest.
-    futures = [
-        pool.submit(_deflate_piece, view[start:end], level, end == total)
-        for start, end in bounds[1:]
-    ]
+    try:
+        futures = [
+            pool.submit(_deflate_piece, view[start:end], level, end == total)
+            for start, end in bounds[1:]
+        ]
+    except RuntimeError:  # the pool is shut down: the interpreter is exiting
+        return zlib.compress(view, level)
+    # The calling thread deflates the first piece and sums the rows while the pool works.
     first = _deflate_piece(view[bounds[0][0] : bounds[0][1]], level, len(bounds) == 1)
+    checksum = zlib.adler32(view)
     body = b"".join([first, *(future.result() for future in futures)])
-    return ZLIB_HEADER + body + struct.pack(">I", zlib.adler32(view))
+    return ZLIB_HEADER + body + struct.pack(">I", checksum)
 
 
 def encode_png(
@@ -96,7 +101,11 @@ def encode_png(
     pool: Executor | None = None,
     pieces: int = 1,
 ) -> bytes:
-    """Encode `image` as an 8-bit PNG with `text` chunks; deflate on up to `pieces` threads."""
+    """Encode `image` as an 8-bit PNG with `text` chunks; deflate on up to `pieces` threads.
+
+    L, LA, RGB and RGBA images are written as they are (generated images are RGB); any
+    other mode is converted to RGBA if it has alpha or transparency, else to RGB.
+    """
     if image.mode not in COLOR_TYPES:
         alpha = "A" in image.getbands() or "transparency" in image.info
         image = image.convert("RGBA" if alpha else "RGB")

@@ -612,7 +612,8 @@ class Bench:
                     results = run_clients(base_url, case, TARGET_CLIENTS, 1, seed)
                 else:
                     assert isinstance(count, int)
-                    results = run_clients(base_url, case, count, per_client, r * 10_000)
+                    seed = 10**5 + r * 10_000  # apart from the warm-up seeds
+                    results = run_clients(base_url, case, count, per_client, seed)
                 measured.setdefault((label, count), Results(wall=0.0)).merge(results)
                 self.failures += results.failed
         for label in labels:
@@ -876,6 +877,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.gpu = torch.cuda.is_available()
     if args.gpu and not torch.cuda.is_available():
         parser.error("--gpu: CUDA is not available here")
+    if args.rounds is not None and args.rounds < 1:
+        parser.error("--rounds: at least 1")
     args.mode = ("gpu" if args.gpu else "cpu") + ("-quick" if args.quick else "")
     for name, value in zip(COUNTED, MODE_COUNTS[args.mode], strict=True):
         if getattr(args, name) is None:

@@ -34,7 +34,10 @@ def json_server(
 def _lines(server: GunicornServer) -> list[dict[str, Any]]:
     """Every line of the server's output, each of which must be one JSON object."""
     lines = []
-    for line in server.log().splitlines():
+    # A last line without its newline may still be being written: it is left for later.
+    for line in server.log().splitlines(keepends=True):
+        if not line.endswith("\n"):
+            break
         try:
             lines.append(json.loads(line))
         except json.JSONDecodeError:
@@ -49,8 +52,8 @@ def _access(server: GunicornServer, request_id: str) -> dict[str, Any]:
         found = [e for e in _lines(server) if e["logger"] == "app.access"
                  and e["request_id"] == request_id]  # fmt: skip
         if found or time.monotonic() > deadline:
-            [line] = found
-            return line
+            assert len(found) == 1, f"{len(found)} access lines for {request_id!r} in 10 s"
+            return found[0]
         time.sleep(0.05)
 
 

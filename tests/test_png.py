@@ -100,7 +100,7 @@ def test_parallel_pieces_form_one_checked_zlib_stream(pool: ThreadPoolExecutor) 
         found = chunks(blob)
         width, height, depth, color, _, _, interlace = struct.unpack(">IIBBBBB", found[0][1])
         assert (width, height, depth, color, interlace) == (512, 512, 8, 2, 0)
-        idats[name] = b"".join(data for kind, data in found if kind == b"IDAT")
+        idats[name] = idat(blob)
         # zlib.decompress checks the Adler-32 of the joined pieces.
         raw = zlib.decompress(idats[name])
         rows = unfilter(raw, 512, 512 * 3, 3)
@@ -114,6 +114,49 @@ def test_tiny_and_thin_images(pool: ThreadPoolExecutor, size: tuple[int, int]) -
     pixels = photo_like(size[1], size[0], 3)
     blob = encode_png(Image.fromarray(pixels), pool=pool, pieces=8)
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(blob))), pixels)
+
+
+def idat(blob: bytes) -> bytes:
+    return b"".join(data for kind, data in chunks(blob) if kind == b"IDAT")
+
+
+def test_more_pieces_than_rows(pool: ThreadPoolExecutor) -> None:
+    pixels = photo_like(2, 70_000, 3)  # 420 KB in 2 rows: pieces cut across rows
+    blob = encode_png(Image.fromarray(pixels), pool=pool, pieces=8)
+    assert idat(blob) != idat(encode_png(Image.fromarray(pixels)))  # it was split
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(blob))), pixels)
+    assert zlib.decompress(idat(blob))  # complete, checksum included
+
+
+def test_a_shut_down_pool_falls_back_to_one_thread() -> None:
+    # Gunicorn exits a worker with requests still finishing; Python then refuses new
+    # work on thread pools, and an image encoded at that moment must still be whole.
+    stopped = ThreadPoolExecutor(2)
+    stopped.shutdown()
+    pixels = photo_like(256, 256, 3)
+    blob = encode_png(Image.fromarray(pixels), pool=stopped, pieces=4)
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(blob))), pixels)
+
+
+def test_the_app_encoder_splits_large_pngs_across_its_threads() -> None:
+    encoder = ImageEncoder(png_level=1, threads=4)
+    image = Image.fromarray(photo_like(300, 300, 3))
+    blob = encoder.encode(image, "png", 100, {"prompt": "a lighthouse"})
+    assert idat(blob) != idat(encode_png(image, level=1))  # deflated in pieces
+    decoded = Image.open(io.BytesIO(blob))
+    assert np.array_equal(np.asarray(decoded), np.asarray(image))
+    assert decoded.text == {"parameters": '{"prompt": "a lighthouse"}'}
+
+
+def test_many_threads_encoding_at_once_on_a_small_pool() -> None:
+    encoder = ImageEncoder(png_level=1, threads=3)  # 2 pool threads for 16 encoders
+    images = [photo_like(300, 300, 3, seed) for seed in range(16)]
+    with ThreadPoolExecutor(16) as requests:
+        blobs = list(requests.map(
+            lambda pixels: encoder.encode(Image.fromarray(pixels), "png", 100, {}), images
+        ))  # fmt: skip
+    for pixels, blob in zip(images, blobs, strict=True):
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(blob))), pixels)
 
 
 def test_text_outside_latin1_goes_into_an_itxt_chunk() -> None:
