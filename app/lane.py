@@ -85,8 +85,10 @@ class Lane:
         self._running_batches = 0
         self._running_images = 0
         self._draining = False
-        # Recent service time per image, for Retry-After estimates.
+        # Recent service time per image, for Retry-After estimates: a guess until the
+        # first generation is measured, then a moving average of measurements only.
         self._seconds_per_image = initial_seconds_per_image
+        self._measured = False
 
     # -- state, for probes and metrics ------------------------------------------------
 
@@ -231,7 +233,10 @@ class Lane:
 
     def _record_service_time(self, batch: list[Job], seconds: float) -> None:
         per_image = seconds / max(1, sum(job.images for job in batch))
-        self._seconds_per_image = 0.8 * self._seconds_per_image + 0.2 * per_image
+        if not self._measured:
+            self._seconds_per_image, self._measured = per_image, True
+        else:
+            self._seconds_per_image = 0.8 * self._seconds_per_image + 0.2 * per_image
 
     @staticmethod
     def _outcome(job: Job) -> Any:

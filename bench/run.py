@@ -1,8 +1,9 @@
 """Benchmark the image server against the bare diffusers pipeline, in one run.
 
 Sections: overhead (server p50 vs bare pipeline p50), concurrency (three server designs
-under 1 to 16 clients), memory (worker RSS growth over many requests). The result is one
-markdown table with every figure, its ratio, the target and whether it was met.
+under 1 to 16 clients), admission (how fast a full queue answers 429), memory (worker RSS
+growth over many requests). The result is one markdown table with every figure, its
+ratio, the target and whether it was met.
 
     .venv/bin/python bench/run.py            # CPU: tiny-random, ~10 minutes on 2 cores
     .venv/bin/python bench/run.py --quick    # smoke run, ~2 minutes
@@ -63,6 +64,9 @@ LANE_LATENCY_TARGET = 0.60  # (b) mean latency / (a) mean latency
 LANE_THROUGHPUT_TARGET = 1.0  # (b) throughput / (a) throughput
 BATCH_THROUGHPUT_TARGET = 1.4  # (c) throughput / (b) throughput
 MEMORY_GROWTH_TARGET = 1.05
+ADMISSION_LATENCY_TARGET = 0.050  # p95 seconds of a 429 with the lane busy, queue full
+ADMISSION_QUEUE = 4  # MAX_QUEUE of the admission section's server, in images
+ADMISSION_FLOOD_CLIENTS = 8
 
 
 # -- small helpers -----------------------------------------------------------------------
@@ -311,6 +315,83 @@ def run_clients(base_url: str, case: Case, clients: int, per_client: int, seed: 
         thread.join()
     results.wall = time.perf_counter() - started
     return results
+
+
+def timed_generation(base_url: str, case: Case, seed: int) -> tuple[float, int]:
+    """Send one generation on a fresh connection; return (latency, status)."""
+    with requests.Session() as session:
+        started = time.perf_counter()
+        status = post_generation(session, base_url, case, seed)
+        return time.perf_counter() - started, status
+
+
+def wait_for_metrics(
+    base_url: str, condition: Any, timeout: float = REQUEST_TIMEOUT
+) -> dict[str, float]:
+    """Poll /metrics until `condition` holds for its `image_server_*` gauges (prefix cut)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        text = requests.get(f"{base_url}/metrics", timeout=10).text
+        gauges = {
+            name.removeprefix("image_server_"): float(value)
+            for name, value in (line.split(" ", 1) for line in text.splitlines()
+                                if line.startswith("image_server_") and "{" not in line)
+        }  # fmt: skip
+        if condition(gauges):
+            return gauges
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"/metrics never got there: {gauges}")
+        time.sleep(0.01)
+
+
+@dataclass
+class Flood:
+    """Clients sending small generations back to back at a server whose queue is full."""
+
+    base_url: str
+    case: Case
+    refused: list[float] = field(default_factory=list)  # latencies of 429 answers
+    retry_after: list[int] = field(default_factory=list)
+    admitted: int = 0
+    failed: int = 0  # anything but 200 or a well-formed 429
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def run(self, clients: int, total: int) -> None:
+        """Send `total` requests from `clients` threads, each on one keep-alive session."""
+        per_client = max(1, total // clients)
+        threads = [
+            threading.Thread(target=self._client, args=(index, per_client), daemon=True)
+            for index in range(clients)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+    def _client(self, index: int, count: int) -> None:
+        with requests.Session() as session:
+            for j in range(count):
+                body = {"prompt": PROMPT, "size": self.case.size, "seed": 80_000 + index * count
+                        + j, "num_inference_steps": self.case.steps}  # fmt: skip
+                started = time.perf_counter()
+                try:
+                    response = session.post(f"{self.base_url}/v1/images/generations",
+                                            json=body, timeout=REQUEST_TIMEOUT)  # fmt: skip
+                except requests.RequestException:
+                    response = None
+                latency = time.perf_counter() - started
+                with self.lock:
+                    if response is not None and response.status_code == 429:
+                        error = response.json().get("error", {})
+                        hint = response.headers.get("Retry-After", "")
+                        if error.get("type") == "server_overloaded" and hint.isdigit():
+                            self.refused.append(latency)
+                            self.retry_after.append(int(hint))
+                            continue
+                    if response is not None and response.status_code == 200:
+                        self.admitted += 1
+                    else:
+                        self.failed += 1
 
 
 # -- the bare pipeline -------------------------------------------------------------------
@@ -703,7 +784,56 @@ class Bench:
             )
         )
 
-    # -- 3. memory -----------------------------------------------------------------------
+    # -- 3. admission --------------------------------------------------------------------
+
+    def admission(self) -> None:
+        """With the lane busy and the queue full, time the 429s a flood of requests gets."""
+        case, small = Case.parse(self.args.admission_case), Case(64, 64, 1)
+        holding = 1 + ADMISSION_QUEUE  # one image running, the queue full behind it
+        with self.server("admission", {"MAX_QUEUE": str(ADMISSION_QUEUE)}) as server:
+            # Recent service times are the holders' kind, as under a steady load.
+            self.warm_up(server, case, 1)
+            held, finished = Results(), []
+
+            def hold(seed: int) -> None:
+                held.add(*timed_generation(server.base_url, case, seed))
+                finished.append(time.monotonic())
+
+            holders = []
+            for index in range(holding):
+                # Admitted one by one, so each finds room behind the ones before.
+                holders.append(threading.Thread(target=hold, args=(70_000 + index,)))
+                holders[-1].start()
+                wait_for_metrics(server.base_url, lambda m, i=index: m["inflight_generations"]
+                                 >= 1 and m["queued_images"] >= i)  # fmt: skip
+            say(f"admission: lane busy, {ADMISSION_QUEUE} images queued; flooding")
+            flood_started = time.monotonic()
+            flood = Flood(server.base_url, small)
+            flood.run(ADMISSION_FLOOD_CLIENTS, self.args.admission_requests)
+            for holder in holders:
+                holder.join()
+        self.failures += held.failed + flood.failed
+        refused = flood.refused
+        p95 = percentile(refused, 95)
+        cleared = max(finished, default=math.nan) - flood_started
+        say(f"admission: {len(refused)} refused, p95 {seconds(p95)}; holders {held.failure_text()}")
+        hints = f"{min(flood.retry_after)}-{max(flood.retry_after)} s" if refused else "-"
+        self.rows.append(
+            Row(
+                f"Admission: 429 latency with the lane busy ({case.label()}) and the queue full "
+                f"(MAX_QUEUE={ADMISSION_QUEUE}), {ADMISSION_FLOOD_CLIENTS} flooding clients",
+                f"p50 {seconds(percentile(refused, 50))}, p95 {seconds(p95)}, "
+                f"max {seconds(max(refused, default=math.nan))} over {len(refused)} refusals, "
+                f"{flood.admitted} admitted once the queue moved; Retry-After said {hints}, the "
+                f"queue cleared {cleared:.1f} s after the flood began; holders: "
+                f"{held.failure_text()}",
+                "",
+                f"p95 <= {seconds(ADMISSION_LATENCY_TARGET)}",
+                bool(refused) and p95 <= ADMISSION_LATENCY_TARGET and not held.failed,
+            )
+        )
+
+    # -- 4. memory -----------------------------------------------------------------------
 
     def memory(self) -> None:
         """Worker RSS after warm-up and after many small requests from a few clients."""
@@ -754,16 +884,17 @@ class Bench:
 
 
 # Counts by mode: (overhead requests, warm-up, requests per client per round, memory
-# requests, memory warm-up, concurrency rounds). GPU mode runs its designs one at a time
-# (1 round): three sd3-medium-random servers side by side may not fit in GPU memory.
-MODE_COUNTS: dict[str, tuple[int, int, int, int, int, int]] = {
-    "cpu": (60, 5, 8, 1000, 100, 3),
-    "cpu-quick": (10, 2, 1, 100, 20, 1),
-    "gpu": (12, 2, 2, 1000, 100, 1),
-    "gpu-quick": (4, 1, 1, 100, 20, 1),
+# requests, memory warm-up, concurrency rounds, admission requests). GPU mode runs its
+# designs one at a time (1 round): three sd3-medium-random servers may not fit in memory.
+MODE_COUNTS: dict[str, tuple[int, int, int, int, int, int, int]] = {
+    "cpu": (60, 5, 8, 1000, 100, 3, 200),
+    "cpu-quick": (10, 2, 1, 100, 20, 1, 40),
+    "gpu": (12, 2, 2, 1000, 100, 1, 200),
+    "gpu-quick": (4, 1, 1, 100, 20, 1, 40),
 }
 COUNTED = ("overhead_requests", "warmup", "requests_per_client", "memory_requests",
-           "memory_warmup", "rounds")  # fmt: skip
+           "memory_warmup", "rounds", "admission_requests")  # fmt: skip
+SECTIONS = ("overhead", "concurrency", "admission", "memory")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -798,8 +929,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--sections",
-        default="overhead,concurrency,memory",
-        help="comma-separated subset of overhead,concurrency,memory (default: all three)",
+        default=",".join(SECTIONS),
+        help=f"comma-separated subset of {','.join(SECTIONS)} (default: all of them)",
     )
     parser.add_argument(
         "--overhead-cases",
@@ -853,6 +984,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="concurrency rounds; above 1 the three designs' servers run side by side and "
         f"take turns round by round, so load drifts hit them alike {by_mode(5)}",
     )
+    parser.add_argument(
+        "--admission-case",
+        default="1024x1024:28",
+        help="WxH:steps of the requests that keep the lane busy and the queue full while "
+        "the admission section floods the server (default: 1024x1024:28)",
+    )
+    parser.add_argument(
+        "--admission-requests",
+        type=int,
+        help=f"small requests the flooding clients send in all {by_mode(6)}",
+    )
     parser.add_argument("--memory-case", default="64x64:1", help="WxH:steps (default: 64x64:1)")
     parser.add_argument(
         "--memory-requests", type=int, help=f"requests between the two RSS readings {by_mode(3)}"
@@ -904,7 +1046,7 @@ def main(argv: list[str] | None = None) -> int:
     # Ctrl-C stops the run even when started in the background, where SIGINT is ignored.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     sections = {s.strip() for s in args.sections.split(",") if s.strip()}
-    unknown = sections - {"overhead", "concurrency", "memory"}
+    unknown = sections - set(SECTIONS)
     if unknown:
         raise SystemExit(f"unknown section(s): {', '.join(sorted(unknown))}")
     device, dtype = ("cuda", "bfloat16") if args.gpu else ("cpu", "float32")
@@ -927,6 +1069,8 @@ def main(argv: list[str] | None = None) -> int:
                 bench.overhead()
             if "concurrency" in sections:
                 bench.concurrency()
+            if "admission" in sections:
+                bench.admission()
             if "memory" in sections:
                 bench.memory()
         except KeyboardInterrupt:

@@ -216,6 +216,20 @@ def test_unbounded_lane_never_refuses_and_runs_jobs_concurrently() -> None:
     assert lane.idle()
 
 
+def test_retry_after_follows_measured_service_times_not_the_initial_guess() -> None:
+    lane, runner = Lane(1, 100, initial_seconds_per_image=1000.0), Runner()
+    # A guess of 1000 s per image until something has run: 2 images ahead, 2000 s.
+    running = start_running(lane, runner, "guessed", images=2)
+    assert lane.retry_after() == 2000
+    runner.release()
+    running.outcome()
+    # One measured call (well under a second per image) replaces the guess entirely.
+    running = start_running(lane, runner, "measured", images=2)
+    assert lane.retry_after() == 1
+    runner.release()
+    running.outcome()
+
+
 def test_retry_after_grows_with_the_queue() -> None:
     lane, runner = Lane(1, 100), Runner()
     assert lane.retry_after() >= 1
