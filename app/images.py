@@ -8,7 +8,6 @@ import os
 import re
 import secrets
 import tempfile
-import threading
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -58,17 +57,13 @@ class ImageEncoder:
             raise ValueError(f"ENCODE_THREADS must be 0 (automatic) or more, got {threads}")
         self.png_level = png_level
         self.threads = threads or min(MAX_AUTO_THREADS, _usable_cpus())
-        self._pool: ThreadPoolExecutor | None = None
-        self._lock = threading.Lock()
-
-    def _deflate_pool(self) -> ThreadPoolExecutor | None:
-        if self.threads == 1:
-            return None
-        with self._lock:
-            if self._pool is None:
-                # The calling thread deflates one piece itself; the pool the others.
-                self._pool = ThreadPoolExecutor(self.threads - 1, thread_name_prefix="png-deflate")
-            return self._pool
+        # No thread starts until the first large PNG. The calling thread deflates one
+        # piece itself, the pool the others.
+        self._pool = (
+            ThreadPoolExecutor(self.threads - 1, thread_name_prefix="png-deflate")
+            if self.threads > 1
+            else None
+        )
 
     def encode(
         self,
@@ -81,7 +76,7 @@ class ImageEncoder:
         if output_format == "png":
             text = {"parameters": json.dumps(parameters, ensure_ascii=False)}
             return encode_png(image, level=self.png_level, text=text,
-                              pool=self._deflate_pool(), pieces=self.threads)  # fmt: skip
+                              pool=self._pool, pieces=self.threads)  # fmt: skip
         pil_format, _ = FORMATS[output_format]
         buffer = io.BytesIO()
         # OpenAI's output_compression defaults to 100 for the best result, so it reads

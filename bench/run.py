@@ -272,8 +272,10 @@ class Results:
         return f"{self.failed} failures ({by_status})"
 
 
-def post_generation(session: requests.Session, base_url: str, case: Case, seed: int) -> int:
-    """Ask for one image (response_format url: the image is not downloaded); return status."""
+def send_generation(
+    session: requests.Session, base_url: str, case: Case, seed: int
+) -> requests.Response | None:
+    """Ask for one image (response_format url: the image is not downloaded); None: no answer."""
     body = {
         "model": "bench",
         "prompt": PROMPT,
@@ -283,10 +285,15 @@ def post_generation(session: requests.Session, base_url: str, case: Case, seed: 
         "response_format": "url",
     }
     try:
-        response = session.post(
-            f"{base_url}/v1/images/generations", json=body, timeout=REQUEST_TIMEOUT
-        )
+        return session.post(f"{base_url}/v1/images/generations", json=body, timeout=REQUEST_TIMEOUT)
     except requests.RequestException:
+        return None
+
+
+def post_generation(session: requests.Session, base_url: str, case: Case, seed: int) -> int:
+    """Ask for one image; return the status (0: no answer, -1: a 200 without one image)."""
+    response = send_generation(session, base_url, case, seed)
+    if response is None:
         return 0
     if response.status_code == 200 and len(response.json().get("data", ())) != 1:
         return -1  # a 200 without exactly one image counts as a failure too
@@ -371,14 +378,9 @@ class Flood:
     def _client(self, index: int, count: int) -> None:
         with requests.Session() as session:
             for j in range(count):
-                body = {"prompt": PROMPT, "size": self.case.size, "seed": 80_000 + index * count
-                        + j, "num_inference_steps": self.case.steps}  # fmt: skip
                 started = time.perf_counter()
-                try:
-                    response = session.post(f"{self.base_url}/v1/images/generations",
-                                            json=body, timeout=REQUEST_TIMEOUT)  # fmt: skip
-                except requests.RequestException:
-                    response = None
+                seed = 80_000 + index * count + j
+                response = send_generation(session, self.base_url, self.case, seed)
                 latency = time.perf_counter() - started
                 with self.lock:
                     if response is not None and response.status_code == 429:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,11 +30,11 @@ def json_server(
         yield server
 
 
-def _lines(server: GunicornServer) -> list[dict[str, Any]]:
-    """Every line of the server's output, each of which must be one JSON object."""
+def _lines(log: str) -> list[dict[str, Any]]:
+    """Every line of a server's output, each of which must be one JSON object."""
     lines = []
     # A last line without its newline may still be being written: it is left for later.
-    for line in server.log().splitlines(keepends=True):
+    for line in log.splitlines(keepends=True):
         if not line.endswith("\n"):
             break
         try:
@@ -47,21 +46,20 @@ def _lines(server: GunicornServer) -> list[dict[str, Any]]:
 
 def _access(server: GunicornServer, request_id: str) -> dict[str, Any]:
     """The request's one access line; it is written once the response is sent, so wait."""
-    deadline = time.monotonic() + 10
-    while True:
-        found = [e for e in _lines(server) if e["logger"] == "app.access"
-                 and e["request_id"] == request_id]  # fmt: skip
-        if found or time.monotonic() > deadline:
-            assert len(found) == 1, f"{len(found)} access lines for {request_id!r} in 10 s"
-            return found[0]
-        time.sleep(0.05)
+
+    def access_lines(log: str) -> list[dict[str, Any]]:
+        return [e for e in _lines(log) if e["logger"] == "app.access"
+                and e["request_id"] == request_id]  # fmt: skip
+
+    [line] = access_lines(server.wait_for_log(lambda log: bool(access_lines(log))))
+    return line
 
 
 def test_every_line_is_json_and_gunicorn_logs_no_access_lines_of_its_own(
     json_server: GunicornServer,
 ) -> None:
     requests.get(f"{json_server.base_url}/healthz", timeout=10)
-    lines = _lines(json_server)
+    lines = _lines(json_server.log())
     assert any(e["logger"] == "gunicorn.error" and "Booting worker" in e["message"] for e in lines)
     assert not any(e["logger"] == "gunicorn.access" for e in lines)
     assert 'HTTP/1.1" 200' not in json_server.log()  # Gunicorn's access format
@@ -97,7 +95,7 @@ def test_error_is_logged_with_traceback_and_request_id_never_returned(
                                 code="generation_failed")  # fmt: skip
     assert "boom" not in error["message"]
     request_id = response.headers["x-request-id"]
-    [logged] = [e for e in _lines(json_server) if e["level"] == "ERROR"
+    [logged] = [e for e in _lines(json_server.log()) if e["level"] == "ERROR"
                 and e["request_id"] == request_id]  # fmt: skip
     assert logged["exc_info"].startswith("Traceback (most recent call last)")
     assert "boom in /srv/secret/module.py" in logged["exc_info"]
