@@ -25,19 +25,11 @@ from typing import Any
 import torch
 from PIL import Image
 
+from app.engine.loading import explain_load_failure, load_pipeline, resolve_device, resolve_dtype
 from app.lane import DeadlineExceeded, Job, Lane
 from app.metrics import Metrics
 
 log = logging.getLogger(__name__)
-
-_DTYPES = {
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-    "float32": torch.float32,
-    "fp32": torch.float32,
-}
 
 
 class ModelLoading(Exception):
@@ -118,51 +110,6 @@ def is_fatal_device_error(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and any(m in str(exc) for m in _FATAL_MARKERS)
 
 
-def resolve_device(name: str) -> torch.device:
-    """Pick CUDA, then MPS, then CPU for "auto"; otherwise use the named device."""
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """Pick bf16 on CUDA, fp16 on MPS, fp32 on CPU for "auto"; else the named dtype."""
-    if name == "auto":
-        return {"cuda": torch.bfloat16, "mps": torch.float16}.get(device.type, torch.float32)
-    try:
-        return _DTYPES[name.lower()]
-    except KeyError:
-        raise ValueError(
-            f"DTYPE must be auto, bfloat16, float16 or float32, not {name!r}"
-        ) from None
-
-
-def _explain_load_failure(exc: BaseException) -> str:
-    """Say why loading failed and what to set, without paths or tracebacks."""
-    kind = type(exc).__name__
-    if kind == "GatedRepoError":
-        return (
-            "The model set by MODEL_ID is gated on the Hugging Face Hub: accept its licence "
-            "there and set HF_TOKEN to a token with access, or set MODEL_ID=tiny-random for "
-            "an offline demo."
-        )
-    if isinstance(exc, torch.OutOfMemoryError):
-        return "The model does not fit in device memory: set DTYPE=float16 or another DEVICE."
-    if isinstance(exc, ValueError) and str(exc).startswith("DTYPE"):
-        return str(exc)
-    if isinstance(exc, OSError | ConnectionError) or kind.endswith(("NotFoundError", "HTTPError")):
-        return (
-            "The model set by MODEL_ID could not be found or downloaded: set MODEL_ID to a "
-            "Hugging Face Hub id you can reach (HF_TOKEN for gated models, network access) "
-            "or to a local diffusers directory, or MODEL_ID=tiny-random to run offline."
-        )
-    return f"The model set by MODEL_ID failed to load ({kind}); see the server log."
-
-
 class Engine:
     """Hold the shared pipeline and run generations on pipelines derived from it."""
 
@@ -214,7 +161,7 @@ class Engine:
                 inspect.signature(type(self._shared).__call__).parameters
             )
         except Exception as exc:  # any failure must leave a reason, not a dead thread
-            self._failure = _explain_load_failure(exc)
+            self._failure = explain_load_failure(exc)
             log.error("model %r failed to load: %s", self.model_id, self._failure, exc_info=exc)
             self._loaded.set()
             return
@@ -241,46 +188,9 @@ class Engine:
             log.info("warm-up generation took %.2fs", time.monotonic() - started)
 
     def _load_pipeline(self) -> Any:
-        # Imported here, in the loader thread, so the worker answers while they import.
-        from transformers.utils import logging as transformers_logging
-
-        # Importing diffusers' pipelines warns once per image processor that torchvision is
-        # absent; the server never uses those processors.
-        verbosity = transformers_logging.get_verbosity()
-        transformers_logging.set_verbosity_error()
-        try:
-            from diffusers import AutoPipelineForText2Image
-            from diffusers.utils import logging as diffusers_logging
-
-            from app.sd3_medium_random import SD3_MEDIUM_RANDOM_ID, build_sd3_medium_random
-            from app.tiny_model import TINY_MODEL_ID, ensure_tiny_sd3
-        finally:
-            transformers_logging.set_verbosity(verbosity)
-
-        # Progress bars turn the server's log into noise.
-        diffusers_logging.disable_progress_bar()
-        transformers_logging.disable_progress_bar()
         self.device = resolve_device(self._device_name)
         self.dtype = resolve_dtype(self._dtype_name, self.device)
-        source: str | Path = self.model_id
-        if self.model_id in (TINY_MODEL_ID, SD3_MEDIUM_RANDOM_ID):
-            for _ in range(3):
-                log.warning(
-                    "MODEL_ID=%s: RANDOM WEIGHTS, every image is NOISE. "
-                    "For tests, benchmarks and offline demos only.",
-                    self.model_id,
-                )
-        if self.model_id == SD3_MEDIUM_RANDOM_ID:
-            # Built in place on the device, in the dtype: nothing to load.
-            return build_sd3_medium_random(self.device, self.dtype)
-        if self.model_id == TINY_MODEL_ID:
-            source = ensure_tiny_sd3(self._cache_dir)
-        log.info("loading model %r on %s in %s", self.model_id, self.device, self.dtype)
-        # The generic loader picks the pipeline class from model_index.json, so SDXL or
-        # FLUX are served by changing MODEL_ID.
-        pipeline = AutoPipelineForText2Image.from_pretrained(source, dtype=self.dtype)
-        pipeline.to(self.device)
-        return pipeline
+        return load_pipeline(self.model_id, self.device, self.dtype, self._cache_dir)
 
     def wait_until_loaded(self, timeout: float | None = None) -> bool:
         """Block until loading (and warm-up) has finished, either way."""
