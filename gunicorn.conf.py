@@ -62,7 +62,7 @@ if os.environ.get("LOG_FORMAT", "text").strip().lower() == "json":
                 "stream": "ext://sys.stderr",
             },
         },
-        "formatters": {"json": {"()": "app.access_log.JsonFormatter"}},
+        "formatters": {"json": {"()": "app.logs.JsonFormatter"}},
     }
 
 

@@ -6,12 +6,15 @@ import logging
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from app.config import load_config
+
+if TYPE_CHECKING:
+    from app.engine import Loader, PipelineCall
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -46,8 +49,17 @@ def drain(app: Flask) -> None:
     log.info("draining: no new generations are admitted")
 
 
-def create_app(test_config: Mapping[str, Any] | None = None, *, load_model: bool = True) -> Flask:
-    """Create the app: config, logging, engine, image store, blueprints, error handlers."""
+def create_app(
+    test_config: Mapping[str, Any] | None = None,
+    *,
+    load_model: bool = True,
+    loader: Loader | None = None,
+    pipeline_call: PipelineCall | None = None,
+) -> Flask:
+    """Create the app: config, logging, engine, image store, blueprints, error handlers.
+
+    `loader` and `pipeline_call` replace the engine's seams (tests inject faults there).
+    """
     from app import api, files, playground, probes
     from app import metrics as metrics_module
     from app.access_log import init_access_log
@@ -57,9 +69,10 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, load_model: bool
     from app.errors import register_error_handlers
     from app.images import ImageEncoder, ImageStore
     from app.lane import Lane
+    from app.logs import configure_logging
     from app.metrics import Metrics, init_request_metrics
     from app.openapi import init_openapi
-    from app.request_ids import configure_logging, init_request_ids
+    from app.request_ids import init_request_ids
     from app.retention import init_retention
 
     # No built-in static route: app/files.py decides what under static/ may be served.
@@ -89,6 +102,7 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, load_model: bool
         batch_max_images=app.config["BATCH_MAX_SIZE"],
         batch_wait=app.config["BATCH_WAIT_MS"] / 1000,
     )
+    seams = {"loader": loader, "pipeline_call": pipeline_call}
     engine = Engine(
         app.config["MODEL_ID"],
         lane,
@@ -98,6 +112,7 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, load_model: bool
         retry_after=app.config["LOAD_RETRY_AFTER_SECONDS"],
         warmup=app.config["WARMUP"],
         metrics=metrics,
+        **{name: seam for name, seam in seams.items() if seam is not None},
     )
     metrics.watch(lambda: _live_state(engine))
     app.extensions["image_store"] = store

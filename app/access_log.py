@@ -1,19 +1,16 @@
-"""Access lines and JSON logs.
+"""Access lines: one per request, written once its response has been sent.
 
 One line per request, logged by `app.access` once the response has been sent (so a
 streamed response counts its whole duration): request id, client, method, path, status,
 latency, time spent waiting for the GPU lane, and images delivered. It replaces
-Gunicorn's access log. `LOG_FORMAT=json` turns every log line of the app (and, through
-gunicorn.conf.py, of Gunicorn) into one JSON object, access lines with their fields.
+Gunicorn's access log. With `LOG_FORMAT=json` (app/logs.py) each access line is a JSON
+object with these fields.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-import traceback
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -26,30 +23,6 @@ access_log = logging.getLogger("app.access")
 # Characters a path keeps as they are in a log line; anything else (spaces, control
 # characters, quotes, non-ASCII) is percent-encoded, so a path cannot forge a line.
 _PATH_SAFE = "/:@!$&'()*+,;=-._~"
-
-# LogRecord attributes that are not extra fields.
-_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
-
-
-class JsonFormatter(logging.Formatter):
-    """Format a record as one JSON object: time, level, logger, request id, message."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname,
-            "logger": record.name,
-            "request_id": getattr(record, "request_id", "-"),
-            "message": record.getMessage(),
-        }
-        for key, value in vars(record).items():
-            if key not in _STANDARD and key not in entry:
-                entry[key] = value
-        if record.exc_info:
-            entry["exc_info"] = "".join(traceback.format_exception(*record.exc_info)).rstrip()
-        if record.stack_info:
-            entry["stack_info"] = record.stack_info
-        return json.dumps(entry, ensure_ascii=False, default=str)
 
 
 def record_job(job: Job) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from flask import Flask, current_app, request
 
-from app.errors import APIError
+from app.exceptions import APIError
 
 # Where a key is needed: the OpenAI API, and /metrics when the operator asks for it.
 _API_PREFIX = "/v1/"

@@ -15,6 +15,7 @@ from typing import Any
 
 from PIL import Image
 
+from app.exceptions import StorageError
 from app.png import encode_png
 
 # What `output_format` names, mapped to Pillow's format and the file extension.
@@ -30,10 +31,6 @@ IMAGE_NAME = re.compile(r"^[0-9a-f]{32}\.(png|jpeg|webp)$")
 
 # Deflate threads per PNG when ENCODE_THREADS is 0: the usable CPUs, at most this many.
 MAX_AUTO_THREADS = 8
-
-
-class StorageError(Exception):
-    """Images could not be written to the image directory."""
 
 
 def _usable_cpus() -> int:
@@ -104,7 +101,7 @@ class ImageStore:
         except OSError as exc:
             for name in names:
                 (self.directory / name).unlink(missing_ok=True)
-            raise StorageError(str(exc)) from exc
+            raise StorageError() from exc
         return names
 
     def _save(self, blob: bytes, extension: str) -> str:

@@ -17,34 +17,19 @@ import time
 from collections import deque
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
+from app.exceptions import DeadlineExceeded, Draining, Overloaded
 
-class Overloaded(Exception):
-    """The queue is full; retry after `retry_after` seconds."""
-
-    def __init__(self, retry_after: int) -> None:
-        super().__init__("server is overloaded")
-        self.retry_after = retry_after
-
-
-class Draining(Exception):
-    """The server is shutting down and admits no new work."""
-
-
-class DeadlineExceeded(Exception):
-    """The request's deadline passed, queued (`ran=False`) or while running."""
-
-    def __init__(self, ran: bool) -> None:
-        super().__init__("request deadline exceeded")
-        self.ran = ran
+# The work item a job carries; the lane never looks inside it.
+W = TypeVar("W")
 
 
 @dataclass(eq=False)
-class Job:
-    """One request's work: `images` images, done by `deadline` (time.monotonic())."""
+class Job(Generic[W]):
+    """One request's `work`: `images` images, done by `deadline` (time.monotonic())."""
 
-    payload: Any
+    work: W
     images: int
     deadline: float
     batch_key: Hashable = None
@@ -61,10 +46,10 @@ class Job:
 
 
 # run_batch(jobs) returns one result per job, in order, or raises for all of them.
-BatchRunner = Callable[[list[Job]], list[Any]]
+BatchRunner = Callable[[list[Job[W]]], list[Any]]
 
 
-class Lane:
+class Lane(Generic[W]):
     """Run at most `slots` batches at once, queue up to `max_queue` images, FIFO."""
 
     def __init__(
@@ -81,7 +66,7 @@ class Lane:
         self.batch_max_images = max(1, batch_max_images)
         self.batch_wait = batch_wait
         self._cond = threading.Condition()
-        self._waiting: deque[Job] = deque()
+        self._waiting: deque[Job[W]] = deque()
         self._running_batches = 0
         self._running_images = 0
         self._draining = False
@@ -126,19 +111,19 @@ class Lane:
 
     # -- running ------------------------------------------------------------------
 
-    def run(self, job: Job, run_batch: BatchRunner) -> Any:
+    def run(self, job: Job[W], run_batch: BatchRunner[W]) -> Any:
         """Admit `job`, wait for its turn, run it (perhaps batched); return its result."""
         self.enqueue(job)
         return self.complete(job, run_batch)
 
-    def enqueue(self, job: Job) -> None:
+    def enqueue(self, job: Job[W]) -> None:
         """Admit `job` into the queue, or raise Overloaded or Draining at once."""
         with self._cond:
             self._admit(job)
             self._waiting.append(job)
             self._cond.notify_all()
 
-    def complete(self, job: Job, run_batch: BatchRunner) -> Any:
+    def complete(self, job: Job[W], run_batch: BatchRunner[W]) -> Any:
         """Wait for an enqueued job's turn, run it (perhaps batched); return its result."""
         with self._cond:
             batch = self._wait_for_turn(job)
@@ -150,7 +135,7 @@ class Lane:
             raise DeadlineExceeded(ran=True)
         return self._outcome(job)
 
-    def _admit(self, job: Job) -> None:
+    def _admit(self, job: Job[W]) -> None:
         if self._draining:
             raise Draining()
         if math.isinf(self.slots):
@@ -159,7 +144,7 @@ class Lane:
         if not free_now and self.queued_images + job.images > self.max_queue:
             raise Overloaded(self.retry_after())
 
-    def _wait_for_turn(self, job: Job) -> list[Job] | None:
+    def _wait_for_turn(self, job: Job[W]) -> list[Job[W]] | None:
         """Wait (holding the condition) until `job` leads a batch or a leader ran it."""
         while True:
             if job.done or job.started_at is not None:
@@ -184,7 +169,7 @@ class Lane:
                 raise DeadlineExceeded(ran=False)
             self._cond.wait(min(remaining, threading.TIMEOUT_MAX))
 
-    def _collect(self, batch: list[Job]) -> None:
+    def _collect(self, batch: list[Job[W]]) -> None:
         """Add compatible waiting jobs to the leader's batch, waiting up to batch_wait."""
         leader = batch[0]
         images = leader.images
@@ -206,7 +191,7 @@ class Lane:
             self._running_images += images
             self._cond.notify_all()
 
-    def _run_as_leader(self, batch: list[Job], run_batch: BatchRunner) -> None:
+    def _run_as_leader(self, batch: list[Job[W]], run_batch: BatchRunner[W]) -> None:
         try:
             if self.batch_max_images > 1 and batch[0].batch_key is not None:
                 self._collect(batch)
@@ -231,7 +216,7 @@ class Lane:
                 self._running_images -= sum(job.images for job in batch)
                 self._cond.notify_all()
 
-    def _record_service_time(self, batch: list[Job], seconds: float) -> None:
+    def _record_service_time(self, batch: list[Job[W]], seconds: float) -> None:
         per_image = seconds / max(1, sum(job.images for job in batch))
         if not self._measured:
             self._seconds_per_image, self._measured = per_image, True
@@ -239,7 +224,7 @@ class Lane:
             self._seconds_per_image = 0.8 * self._seconds_per_image + 0.2 * per_image
 
     @staticmethod
-    def _outcome(job: Job) -> Any:
+    def _outcome(job: Job[W]) -> Any:
         if job.error is not None:
             raise job.error
         return job.result

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import re
 import uuid
 
@@ -20,15 +19,6 @@ def current_request_id() -> str:
     return "-"
 
 
-class RequestIdFilter(logging.Filter):
-    """Add `request_id` to every log record so the format can show it."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if not hasattr(record, "request_id"):  # access lines, logged after the request, carry it
-            record.request_id = current_request_id()
-        return True
-
-
 def init_request_ids(app: Flask) -> None:
     """Give every request an id and every response the `x-request-id` header."""
 
@@ -41,25 +31,3 @@ def init_request_ids(app: Flask) -> None:
     def echo_request_id(response: Response) -> Response:
         response.headers[HEADER] = current_request_id()
         return response
-
-
-def configure_logging(level: str, log_format: str = "text") -> None:
-    """Log to stderr with the request id on every line (one handler per process)."""
-    from app.access_log import JsonFormatter
-
-    root = logging.getLogger()
-    handler = next(
-        (h for h in root.handlers if any(isinstance(f, RequestIdFilter) for f in h.filters)),
-        None,
-    )
-    if handler is None:
-        handler = logging.StreamHandler()
-        handler.addFilter(RequestIdFilter())
-        root.addHandler(handler)
-    if log_format.lower() == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)s [%(request_id)s] %(name)s: %(message)s")
-        )
-    root.setLevel(level.upper())

@@ -2,14 +2,16 @@
 
 Static rules (types, choices, fixed ranges) live on the fields; the limits an operator
 configures (prompt length, image size, step count) are read from the app's config when a
-request is validated, never at import time.
+request is validated, never at import time. A schema returns an `ImageRequest`: the
+validated fields as sent, None where absent or null. Defaults are filled in by
+`app/spec.py`, in one place.
 """
 
 from __future__ import annotations
 
 import math
 import re
-import secrets
+from dataclasses import dataclass
 from typing import Any
 
 from flask import current_app
@@ -23,8 +25,6 @@ from marshmallow import (
     validates,
     validates_schema,
 )
-
-from app.config import quality_steps
 
 MIN_IMAGE_SIDE = 64
 SIZE_STEP = 16
@@ -67,6 +67,34 @@ class StrictBoolean(fields.Boolean):
         if not isinstance(value, bool):
             raise self.make_error("invalid", input=value)
         return value
+
+
+@dataclass(frozen=True)
+class ImageRequest:
+    """A validated request to any of the three image endpoints; None means absent."""
+
+    prompt: str | None = None  # required for generations and edits; variations take none
+    model: str | None = None
+    n: int | None = None
+    size: str | None = None
+    quality: str | None = None
+    response_format: str | None = None
+    output_format: str | None = None
+    output_compression: int | None = None
+    style: str | None = None  # accepted and ignored
+    user: str | None = None
+    background: str | None = None
+    moderation: str | None = None  # accepted and ignored
+    stream: bool | None = None
+    partial_images: int | None = None
+    # Extensions, sent by the OpenAI SDK through `extra_body`.
+    seed: int | None = None
+    negative_prompt: str | None = None
+    num_inference_steps: int | None = None
+    guidance_scale: float | None = None
+    # Edits and variations only.
+    strength: float | None = None
+    input_fidelity: str | None = None  # accepted and ignored
 
 
 def _choice(*choices: str) -> fields.String:
@@ -171,40 +199,8 @@ class GenerationRequestSchema(Schema):
             raise ValidationError("streaming returns one image: use n=1 with stream.", "n")
 
     @post_load
-    def _resolve(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
-        """Fill in defaults: absent and null fields mean the server's default."""
-        data = {key: value for key, value in data.items() if value is not None}
-        return resolve_common(data, parse_size(data.get("size", "auto"), current_app.config))
-
-
-def resolve_common(data: dict[str, Any], size: tuple[int, int] | None) -> dict[str, Any]:
-    """Return a request's parameters with the server's defaults filled in."""
-    config = current_app.config
-    width, height = size or (0, 0)
-    quality = data.get("quality", "auto")
-    seed = data["seed"] if "seed" in data else secrets.randbelow(MAX_SEED + 1)
-    return {
-        "prompt": data.get("prompt", ""),
-        "negative_prompt": data.get("negative_prompt") or None,
-        "model": data.get("model"),
-        "user": data.get("user"),
-        "n": data.get("n", 1),
-        "width": width,
-        "height": height,
-        "quality": quality,
-        "steps": data.get("num_inference_steps") or quality_steps(quality, config["DEFAULT_STEPS"]),
-        "guidance_scale": data.get("guidance_scale", config["DEFAULT_GUIDANCE_SCALE"]),
-        "seed": seed,
-        # Image i uses seed + i, wrapped so every returned seed can be sent back.
-        "seeds": tuple((seed + i) % (MAX_SEED + 1) for i in range(data.get("n", 1))),
-        "response_format": data.get("response_format", "url"),
-        "output_format": data.get("output_format", "png"),
-        "output_compression": data.get("output_compression", 100),
-        "background": data.get("background", "auto"),
-        "stream": data.get("stream", False),
-        "partial_images": data.get("partial_images", 0),
-        "strength": data.get("strength"),
-    }
+    def _to_request(self, data: dict[str, Any], **kwargs: Any) -> ImageRequest:
+        return ImageRequest(**data)
 
 
 class EditRequestSchema(GenerationRequestSchema):
@@ -223,15 +219,6 @@ class EditRequestSchema(GenerationRequestSchema):
     guidance_scale = fields.Float(allow_nan=False, allow_none=True, validate=validate.Range(min=0))
     strength = fields.Float(allow_nan=False, allow_none=True, validate=validate.Range(0, 1))
     input_fidelity = _choice("low", "high")  # OpenAI's; accepted and ignored
-
-    @post_load
-    def _resolve(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
-        """Fill in defaults; without a size the view uses the input image's size."""
-        data = {key: value for key, value in data.items() if value is not None}
-        size = data.get("size", "auto")
-        return resolve_common(
-            data, None if size == "auto" else parse_size(size, current_app.config)
-        )
 
 
 generation_request = GenerationRequestSchema()

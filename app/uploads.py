@@ -8,7 +8,7 @@ import warnings
 from PIL import Image, UnidentifiedImageError
 from werkzeug.datastructures import FileStorage
 
-from app.errors import APIError
+from app.exceptions import APIError
 from app.schemas import MIN_IMAGE_SIDE, SIZE_STEP
 
 ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP")

@@ -16,6 +16,7 @@ from flask.testing import FlaskClient
 from PIL import Image
 
 from app import create_app
+from app.engine import PipelineCall
 from app.tiny_model import ensure_tiny_sd3
 from tests.leaks import ResponseWatch
 from tests.server import GunicornServer
@@ -42,10 +43,19 @@ def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return cache
 
 
-def make_app(model_cache: Path, image_dir: Path, **overrides: Any) -> Flask:
-    """Create an app on the tiny model and wait until the model has loaded."""
+def make_app(
+    model_cache: Path,
+    image_dir: Path,
+    *,
+    pipeline_call: PipelineCall | None = None,
+    **overrides: Any,
+) -> Flask:
+    """Create an app on the tiny model and wait until the model has loaded.
+
+    `pipeline_call` replaces the engine's pipeline-call seam (to spy or inject faults).
+    """
     config = {**FAST, "MODEL_CACHE_DIR": str(model_cache), "IMAGE_DIR": str(image_dir)}
-    app = create_app({**config, **overrides})
+    app = create_app({**config, **overrides}, pipeline_call=pipeline_call)
     assert app.extensions["engine"].wait_until_loaded(120), "model did not load"
     return app
 

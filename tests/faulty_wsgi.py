@@ -1,15 +1,18 @@
-"""wsgi:app whose pipeline raises injected faults for marked prompts (test only).
+"""wsgi:app whose pipeline calls raise injected faults for marked prompts (test only).
 
 Faults that cannot be produced on a CPU otherwise: a prompt starting with "inject:oom"
 raises torch.OutOfMemoryError inside the pipeline call, "inject:error" a RuntimeError
-with a path in it, "inject:fatal" CUDA's illegal-memory-access error.
+with a path in it, "inject:fatal" CUDA's illegal-memory-access error. They are injected
+through the engine's `pipeline_call` seam.
 """
 
 from typing import Any
 
 import torch
+from PIL import Image
 
-from app.engine import Engine
+from app import create_app
+from app.engine.runner import call_pipeline
 
 FAULTS = {
     "inject:oom": lambda: torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"),
@@ -18,23 +21,16 @@ FAULTS = {
 }
 
 
-class _FaultyPipeline:
-    """Delegate to the real derived pipeline unless the prompt asks for a fault."""
-
-    def __init__(self, pipeline: Any) -> None:
-        self._pipeline = pipeline
-
-    def __call__(self, **kwargs: Any) -> Any:
-        prompts = kwargs["prompt"] if isinstance(kwargs["prompt"], list) else [kwargs["prompt"]]
-        for marker, make in FAULTS.items():
-            if any(prompt.startswith(marker) for prompt in prompts):
-                raise make()
-        return self._pipeline(**kwargs)
+def faulty_call(pipeline: Any, arguments: dict[str, Any]) -> list[Image.Image]:
+    """Call the real pipeline unless a prompt of the batch asks for a fault."""
+    prompts = arguments["prompt"]
+    for marker, make in FAULTS.items():
+        if any(
+            prompt.startswith(marker)
+            for prompt in ([prompts] if isinstance(prompts, str) else prompts)
+        ):
+            raise make()
+    return call_pipeline(pipeline, arguments)
 
 
-_derive = Engine._derive
-Engine._derive = lambda self, *args: _FaultyPipeline(_derive(self, *args))
-
-from wsgi import app  # noqa: E402
-
-__all__ = ["app"]
+app = create_app(pipeline_call=faulty_call)

@@ -1,20 +1,23 @@
-"""wsgi:app with a model load slowed down by TEST_LOAD_DELAY seconds (injected fault)."""
+"""wsgi:app whose model load is slowed down by TEST_LOAD_DELAY seconds (injected fault).
+
+The delay goes through the engine's `loader` seam.
+"""
 
 import os
 import time
+from pathlib import Path
+from typing import Any
 
-from app.engine import Engine
+import torch
 
-_load_pipeline = Engine._load_pipeline
+from app import create_app
+from app.engine.loading import load_pipeline
 
 
-def _slow_load_pipeline(self: Engine) -> object:
+def slow_loader(model_id: str, device: torch.device, dtype: torch.dtype, cache_dir: Path) -> Any:
+    """Wait TEST_LOAD_DELAY seconds, then load as the server does."""
     time.sleep(float(os.environ["TEST_LOAD_DELAY"]))
-    return _load_pipeline(self)
+    return load_pipeline(model_id, device, dtype, cache_dir)
 
 
-Engine._load_pipeline = _slow_load_pipeline
-
-from wsgi import app  # noqa: E402
-
-__all__ = ["app"]
+app = create_app(loader=slow_loader)

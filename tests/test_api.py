@@ -24,6 +24,7 @@ from werkzeug.test import TestResponse
 
 from app import create_app
 from app import images as images_module
+from app.engine.runner import call_pipeline
 from app.schemas import MAX_SEED
 from tests.conftest import FAST, assert_openai_error, b64_pixels, make_app, pixels
 
@@ -560,31 +561,35 @@ def test_full_disk_is_500_and_leaves_no_files(
     assert len(stored_files(app) - before) == 2
 
 
+class FailNext:
+    """A pipeline call that raises `fault` once when one is set, else calls the pipeline."""
+
+    def __init__(self) -> None:
+        self.fault: BaseException | None = None
+
+    def __call__(self, pipeline: Any, arguments: dict[str, Any]) -> list[Image.Image]:
+        fault, self.fault = self.fault, None
+        if fault is not None:
+            raise fault
+        return call_pipeline(pipeline, arguments)
+
+
 @pytest.fixture
-def fresh_app(model_cache: Path, tmp_path: Path) -> Flask:
-    return make_app(model_cache, tmp_path / "images")
+def failing() -> FailNext:
+    return FailNext()
 
 
-def _failing_pipeline(exc: BaseException) -> Callable[..., Callable[..., Any]]:
-    def derive(*task: str) -> Callable[..., Any]:
-        def pipeline(**kwargs: Any) -> Any:
-            raise exc
-
-        return pipeline
-
-    return derive
+@pytest.fixture
+def fresh_app(model_cache: Path, tmp_path: Path, failing: FailNext) -> Flask:
+    return make_app(model_cache, tmp_path / "images", pipeline_call=failing)
 
 
 def test_pipeline_error_is_500_without_details_and_the_next_request_works(
-    fresh_app: Flask, monkeypatch: pytest.MonkeyPatch
+    fresh_app: Flask, failing: FailNext
 ) -> None:
     client = fresh_app.test_client()
-    engine = fresh_app.extensions["engine"]
-    monkeypatch.setattr(
-        engine, "derive_pipeline", _failing_pipeline(RuntimeError("boom /secret/path.py"))
-    )
+    failing.fault = RuntimeError("boom /secret/path.py")
     resp = generate(client)
-    monkeypatch.undo()
 
     error = error_of(resp, 500, code="generation_failed")
     assert error["type"] == "server_error"
@@ -596,15 +601,10 @@ def test_pipeline_error_is_500_without_details_and_the_next_request_works(
     assert again.status_code == 200, again.data
 
 
-def test_out_of_memory_is_503_with_retry_after(
-    fresh_app: Flask, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_out_of_memory_is_503_with_retry_after(fresh_app: Flask, failing: FailNext) -> None:
     client = fresh_app.test_client()
-    engine = fresh_app.extensions["engine"]
-    oom = torch.OutOfMemoryError("CUDA out of memory at /secret/path.py")
-    monkeypatch.setattr(engine, "derive_pipeline", _failing_pipeline(oom))
+    failing.fault = torch.OutOfMemoryError("CUDA out of memory at /secret/path.py")
     resp = generate(client)
-    monkeypatch.undo()
 
     error_of(resp, 503, code="out_of_memory")
     assert resp.headers["Retry-After"]

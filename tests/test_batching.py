@@ -1,9 +1,10 @@
 """Micro-batching on the real tiny pipeline, in-process.
 
-A spy wraps the engine's `_run_batch` (it calls the real method) to record which requests
-shared a pipeline call, and holds the first, incompatible request inside the lane until
-the compatible ones are queued behind it; then they run as one batch. Each batched
-request must get exactly the images it gets alone, give or take batched-matmul rounding.
+A spy in the engine's `pipeline_call` seam (it calls the real pipeline) records the prompt
+entries of every pipeline call, so which requests shared a call, and holds the first,
+incompatible request inside the lane until the compatible ones are queued behind it; then
+they run as one batch. Each batched request must get exactly the images it gets alone,
+give or take batched-matmul rounding.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ from typing import Any
 import numpy as np
 import pytest
 from flask import Flask
+from PIL import Image
 
-from app.engine import GenerationSpec
-from app.lane import Job
+from app.engine.runner import call_pipeline
 from tests.conftest import b64_pixels, make_app
 
 WAIT = 60.0  # upper bound for every wait; a healthy run never gets near it
@@ -31,9 +32,38 @@ TOLERANCE = 8
 HOLDER = {"prompt": "holder", "size": "128x128", "seed": 1}  # incompatible batch key
 
 
+class BatchSpy:
+    """Record each pipeline call's prompt entries; hold the HOLDER call until released."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.calls: list[list[str]] = []  # one prompt entry per image, per call
+        self.negatives: list[list[str | None]] = []
+        self.holding = threading.Event()
+        self.release = threading.Event()
+
+    def __call__(self, pipeline: Any, arguments: dict[str, Any]) -> list[Image.Image]:
+        prompts = arguments["prompt"]
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        negatives = arguments.get("negative_prompt")
+        if not isinstance(negatives, list):
+            negatives = [negatives] * len(prompts)
+        self.calls.append(prompts)
+        self.negatives.append(negatives)
+        if prompts[0] == HOLDER["prompt"]:
+            self.holding.set()
+            assert self.release.wait(WAIT), "the holder was never released"
+        return call_pipeline(pipeline, arguments)
+
+
+SPY = BatchSpy()
+
+
 @pytest.fixture(scope="module")
 def batched(model_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Flask:
-    return make_app(model_cache, tmp_path_factory.mktemp("batched"),
+    return make_app(model_cache, tmp_path_factory.mktemp("batched"), pipeline_call=SPY,
                     MAX_CONCURRENT_GENERATIONS=1, BATCH_MAX_SIZE=8, BATCH_WAIT_MS=300)  # fmt: skip
 
 
@@ -57,31 +87,11 @@ def wait_until(predicate: Callable[[], bool], what: str) -> None:
         time.sleep(0.005)
 
 
-class BatchSpy:
-    """Record the specs of every pipeline call; hold the HOLDER request until released."""
-
-    def __init__(self, engine: Any) -> None:
-        self.real = engine._run_batch
-        self.calls: list[list[GenerationSpec]] = []
-        self.holding = threading.Event()
-        self.release = threading.Event()
-
-    def __call__(self, jobs: list[Job]) -> Any:
-        specs = [job.payload[0] for job in jobs]
-        self.calls.append(specs)
-        if specs[0].prompt == HOLDER["prompt"]:
-            self.holding.set()
-            assert self.release.wait(WAIT), "the holder was never released"
-        return self.real(jobs)
-
-
 @pytest.fixture
-def spy(batched: Flask, monkeypatch: pytest.MonkeyPatch) -> Iterator[BatchSpy]:
-    engine = batched.extensions["engine"]
-    spy = BatchSpy(engine)
-    monkeypatch.setattr(engine, "_run_batch", spy)
-    yield spy
-    spy.release.set()  # never leave a request thread blocked, whatever failed
+def spy(batched: Flask) -> Iterator[BatchSpy]:
+    SPY.reset()
+    yield SPY
+    SPY.release.set()  # never leave a request thread blocked, whatever failed
 
 
 def run_batched(app: Flask, spy: BatchSpy, bodies: list[dict[str, Any]]) -> list[dict]:
@@ -150,8 +160,11 @@ def test_queued_compatible_requests_run_as_one_batch_with_their_own_images(
         {"prompt": "a small boat", "seed": 66},
     ]
     responses = run_batched(batched, spy, bodies)
-    assert [len(specs) for specs in spy.calls] == [1, 6]
-    assert [s.prompt for s in spy.calls[1]] == [b["prompt"] for b in bodies]
+    # The holder's call, then one call with every image of the six requests, in order.
+    assert spy.calls == [
+        [HOLDER["prompt"]],
+        [b["prompt"] for b in bodies for _ in range(b.get("n", 1))],
+    ]
     observed = assert_same_as_alone(alone, bodies, responses)
     print(f"max pixel difference batched vs alone: {observed}")
 
@@ -166,11 +179,11 @@ def test_requests_with_and_without_negative_prompt_are_never_merged(
         {"prompt": "negative two", "seed": 404, "negative_prompt": "dark, noisy", "n": 2},
     ]
     responses = run_batched(batched, spy, bodies)
-    for specs in spy.calls:
-        assert len({spec.negative_prompt is not None for spec in specs}) == 1, specs
-    assert [[s.prompt for s in specs] for specs in spy.calls[1:]] == [
-        ["plain one", "plain two"],
-        ["negative one", "negative two"],
+    for negatives in spy.negatives:
+        assert len({negative is not None for negative in negatives}) == 1, negatives
+    assert spy.calls[1:] == [
+        ["plain one", "plain two", "plain two"],
+        ["negative one", "negative two", "negative two"],
     ]
     observed = assert_same_as_alone(alone, bodies, responses)
     print(f"max pixel difference batched vs alone (negative prompts): {observed}")

@@ -26,7 +26,7 @@ def _generate(app: Flask, seed: int, **extra: Any) -> dict[str, Any]:
 
 def _snapshot(app: Flask) -> dict[str, Any]:
     """Record identity, dtype and device of every shared module and its parameters."""
-    shared = app.extensions["engine"].shared
+    shared = app.extensions["engine"].shared_pipeline()
     state: dict[str, Any] = {"pipeline": id(shared)}
     for name, component in shared.components.items():
         state[name] = id(component)
@@ -64,12 +64,12 @@ def test_requests_leave_shared_modules_unconverted_in_bfloat16(
 ) -> None:
     app = make_app(model_cache, tmp_path, DTYPE="bfloat16", MAX_CONCURRENT_GENERATIONS=0)
     before = _snapshot(app)
-    assert app.extensions["engine"].shared.transformer.dtype == torch.bfloat16
+    assert app.extensions["engine"].shared_pipeline().transformer.dtype == torch.bfloat16
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(lambda s: _generate(app, s, num_inference_steps=2), range(8)))
     _generate(app, 99, n=2)
     assert _snapshot(app) == before
-    shared = app.extensions["engine"].shared
+    shared = app.extensions["engine"].shared_pipeline()
     for name in ("transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3"):
         assert getattr(shared, name).dtype == torch.bfloat16, name
 
@@ -77,7 +77,7 @@ def test_requests_leave_shared_modules_unconverted_in_bfloat16(
 def test_each_request_gets_its_own_scheduler_and_tokenizers(app: Flask) -> None:
     engine = app.extensions["engine"]
     first, second = engine.derive_pipeline(), engine.derive_pipeline()
-    shared = engine.shared
+    shared = engine.shared_pipeline()
     assert first.scheduler is not second.scheduler
     assert first.scheduler is not shared.scheduler
     assert first.transformer is shared.transformer and first.vae is shared.vae

@@ -14,6 +14,7 @@ import torch
 from flask import Flask
 from PIL import Image
 
+from app.engine import Task
 from tests.conftest import assert_openai_error, pixels
 
 STEPS = {"num_inference_steps": 4}
@@ -200,11 +201,9 @@ def test_json_edit_is_415(app: Flask) -> None:
 
 def test_edits_share_the_loaded_weights(app: Flask) -> None:
     engine = app.extensions["engine"]
-    shared = engine.shared
+    shared = engine.shared_pipeline()
     modules_before = {name: id(c) for name, c in shared.components.items()}
-    from app.engine import IMAGE_TO_IMAGE, INPAINT
-
-    for task in (IMAGE_TO_IMAGE, INPAINT):
+    for task in (Task.IMAGE_TO_IMAGE, Task.INPAINT):
         derived = engine.derive_pipeline(task)
         assert type(derived).__name__ != type(shared).__name__
         for name in ("transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3"):

@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from app.lane import BatchRunner, DeadlineExceeded, Draining, Job, Lane, Overloaded
+from app.exceptions import DeadlineExceeded, Draining, Overloaded
+from app.lane import BatchRunner, Job, Lane
 
 WAIT = 10.0  # upper bound for every wait; a healthy run never gets near it
 
@@ -61,7 +62,7 @@ class Runner:
         assert ok, f"{payload!r} never started"
 
     def __call__(self, jobs: list[Job]) -> list[Any]:
-        payloads = [j.payload for j in jobs]
+        payloads = [j.work for j in jobs]
         with self._lock:
             self.calls.append(payloads)
             self.active += 1
@@ -98,7 +99,7 @@ class Caller(threading.Thread):
     def outcome(self) -> Any:
         """Join, then return the result or re-raise the error."""
         self.join(WAIT)
-        assert not self.is_alive(), f"{self.job.payload!r} still waiting"
+        assert not self.is_alive(), f"{self.job.work!r} still waiting"
         if self.error is not None:
             raise self.error
         return self.result
@@ -116,7 +117,7 @@ def enqueue(lane: Lane, runner: BatchRunner, the_job: Job) -> Caller:
     """Start a job and wait until it is queued, so queue order is the call order."""
     before = lane.queued_requests
     caller = Caller(lane, the_job, runner)
-    wait_until(lambda: lane.queued_requests == before + 1, f"{the_job.payload!r} to queue")
+    wait_until(lambda: lane.queued_requests == before + 1, f"{the_job.work!r} to queue")
     return caller
 
 
@@ -299,13 +300,13 @@ def test_leader_past_its_deadline_frees_the_slot_when_run_batch_stops() -> None:
 
     def run_batch(jobs: list[Job]) -> list[Any]:
         """Like the engine's step callback: stop once every job of the call expired."""
-        calls.append([j.payload for j in jobs])
+        calls.append([j.work for j in jobs])
         give_up = time.monotonic() + WAIT
-        while jobs[0].payload == "slow" and time.monotonic() < give_up:
+        while jobs[0].work == "slow" and time.monotonic() < give_up:
             if all(j.expired() for j in jobs):
                 raise DeadlineExceeded(ran=True)
             time.sleep(0.005)  # one "denoising step"
-        return [j.payload for j in jobs]
+        return [j.work for j in jobs]
 
     slow = Caller(lane, job("slow", timeout=0.2), run_batch)
     wait_until(lambda: calls, "the slow job to start")

@@ -1,18 +1,21 @@
-"""Unit tests of the generations request schema: defaults, limits and rejections."""
+"""The generations request: validation by the schema, defaults filled in by build_spec."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
-from flask import Flask
+from flask import Flask, current_app
 from marshmallow import ValidationError
 
 from app import create_app
 from app.config import quality_steps
-from app.schemas import MAX_SEED, generation_request
+from app.engine import GenerationSpec
+from app.schemas import MAX_SEED, ImageRequest, generation_request
+from app.spec import OutputOptions, build_spec
 from tests.conftest import FAST
 
 
@@ -23,37 +26,51 @@ def ctx(app: Flask) -> Iterator[Flask]:
         yield app
 
 
-def load(**fields: Any) -> dict[str, Any]:
-    return generation_request.load({"prompt": "a lighthouse at dusk", **fields})
+class Loaded(NamedTuple):
+    """A validated request and what build_spec made of it."""
+
+    request: ImageRequest
+    spec: GenerationSpec
+    output: OutputOptions
+
+    @property
+    def n_images(self) -> int:
+        return len(self.spec.seeds)
+
+
+def load(**fields: Any) -> Loaded:
+    """Validate a generation request and fill in its defaults, as the view does."""
+    request = generation_request.load({"prompt": "a lighthouse at dusk", **fields})
+    return Loaded(request, *build_spec(request, current_app.config))
 
 
 def test_absent_fields_resolve_to_the_configured_defaults(ctx: Flask) -> None:
     params = load()
     config = ctx.config
     width, height = (int(side) for side in config["DEFAULT_SIZE"].split("x"))
-    assert params["prompt"] == "a lighthouse at dusk"
-    assert params["n"] == 1
-    assert (params["width"], params["height"]) == (width, height)
-    assert params["quality"] == "auto"
-    assert params["steps"] == config["DEFAULT_STEPS"]
-    assert params["guidance_scale"] == config["DEFAULT_GUIDANCE_SCALE"]
-    assert params["response_format"] == "url"
-    assert params["output_format"] == "png"
-    assert params["output_compression"] == 100
-    assert params["background"] == "auto"
-    assert params["negative_prompt"] is None
-    assert params["model"] is None
-    assert params["user"] is None
+    assert params.spec.prompt == "a lighthouse at dusk"
+    assert len(params.spec.seeds) == 1
+    assert (params.spec.width, params.spec.height) == (width, height)
+    assert params.output.quality == "auto"
+    assert params.spec.steps == config["DEFAULT_STEPS"]
+    assert params.spec.guidance_scale == config["DEFAULT_GUIDANCE_SCALE"]
+    assert params.output.response_format == "url"
+    assert params.output.output_format == "png"
+    assert params.output.compression == 100
+    assert params.output.background == "auto"
+    assert params.spec.negative_prompt is None
+    assert params.request.model is None
+    assert params.request.user is None
 
 
 def test_size_auto_means_the_default_size(ctx: Flask) -> None:
     params = load(size="auto")
-    assert f"{params['width']}x{params['height']}" == ctx.config["DEFAULT_SIZE"]
+    assert f"{params.spec.width}x{params.spec.height}" == ctx.config["DEFAULT_SIZE"]
 
 
 def test_size_is_parsed_as_width_by_height(ctx: Flask) -> None:
     params = load(size="64x128")
-    assert (params["width"], params["height"]) == (64, 128)
+    assert (params.spec.width, params.spec.height) == (64, 128)
 
 
 def test_null_optional_fields_mean_the_default(ctx: Flask) -> None:
@@ -81,15 +98,16 @@ def test_null_optional_fields_mean_the_default(ctx: Flask) -> None:
     }
     params = load(**nulls)
     defaults = load()
-    for key in defaults.keys() - {"seed", "seeds"}:
-        assert params[key] == defaults[key], key
-    assert 0 <= params["seed"] <= MAX_SEED
+    assert params.request == defaults.request
+    assert params.output == defaults.output
+    assert replace(params.spec, seeds=()) == replace(defaults.spec, seeds=())
+    assert 0 <= params.spec.seeds[0] <= MAX_SEED
 
 
 def test_steps_follow_quality_low_auto_high(ctx: Flask) -> None:
-    steps = {quality: load(quality=quality)["steps"] for quality in ("low", "auto", "high")}
+    steps = {quality: load(quality=quality).spec.steps for quality in ("low", "auto", "high")}
     for quality in ("standard", "medium", "hd"):
-        steps[quality] = load(quality=quality)["steps"]
+        steps[quality] = load(quality=quality).spec.steps
     assert steps["low"] < steps["auto"] < steps["high"]
     assert steps["auto"] == steps["standard"] == steps["medium"] == ctx.config["DEFAULT_STEPS"]
     assert steps["high"] == steps["hd"]
@@ -106,18 +124,18 @@ def test_quality_steps_scale_a_production_default() -> None:
 
 
 def test_explicit_steps_win_over_quality(ctx: Flask) -> None:
-    assert load(quality="high", num_inference_steps=1)["steps"] == 1
-    assert load(quality="low", num_inference_steps=5)["steps"] == 5
+    assert load(quality="high", num_inference_steps=1).spec.steps == 1
+    assert load(quality="low", num_inference_steps=5).spec.steps == 5
 
 
 def test_a_given_seed_is_kept(ctx: Flask) -> None:
-    assert load(seed=0)["seed"] == 0
-    assert load(seed=1234)["seed"] == 1234
-    assert load(seed=MAX_SEED)["seed"] == MAX_SEED
+    assert load(seed=0).spec.seeds[0] == 0
+    assert load(seed=1234).spec.seeds[0] == 1234
+    assert load(seed=MAX_SEED).spec.seeds[0] == MAX_SEED
 
 
 def test_an_absent_seed_is_random_and_in_range(ctx: Flask) -> None:
-    seeds = {load()["seed"] for _ in range(20)}
+    seeds = {load().spec.seeds[0] for _ in range(20)}
     assert all(0 <= seed <= MAX_SEED for seed in seeds)
     assert len(seeds) > 1
 
@@ -139,29 +157,29 @@ def test_accepted_values_pass_through(ctx: Flask) -> None:
         negative_prompt="blurry",
         guidance_scale=0,
     )
-    assert params["n"] == 10
-    assert params["response_format"] == "b64_json"
-    assert params["output_format"] == "webp"
-    assert params["output_compression"] == 0
-    assert params["background"] == "opaque"
-    assert params["negative_prompt"] == "blurry"
-    assert params["guidance_scale"] == 0.0
-    assert params["model"] == "tiny-random"
-    assert params["user"] == "someone"
+    assert len(params.spec.seeds) == 10
+    assert params.output.response_format == "b64_json"
+    assert params.output.output_format == "webp"
+    assert params.output.compression == 0
+    assert params.output.background == "opaque"
+    assert params.spec.negative_prompt == "blurry"
+    assert params.spec.guidance_scale == 0.0
+    assert params.request.model == "tiny-random"
+    assert params.request.user == "someone"
 
 
 def test_limits_at_their_maximum_are_accepted(ctx: Flask) -> None:
     config = ctx.config
-    assert load(prompt="p" * config["MAX_PROMPT_CHARS"])["prompt"]
-    assert load(negative_prompt="n" * config["MAX_PROMPT_CHARS"])["negative_prompt"]
-    assert load(num_inference_steps=config["MAX_STEPS"])["steps"] == config["MAX_STEPS"]
+    assert load(prompt="p" * config["MAX_PROMPT_CHARS"]).spec.prompt
+    assert load(negative_prompt="n" * config["MAX_PROMPT_CHARS"]).spec.negative_prompt
+    assert load(num_inference_steps=config["MAX_STEPS"]).spec.steps == config["MAX_STEPS"]
     assert (
-        load(guidance_scale=config["MAX_GUIDANCE_SCALE"])["guidance_scale"]
+        load(guidance_scale=config["MAX_GUIDANCE_SCALE"]).spec.guidance_scale
         == (config["MAX_GUIDANCE_SCALE"])
     )
-    assert load(n=config["MAX_IMAGES_PER_REQUEST"])["n"] == config["MAX_IMAGES_PER_REQUEST"]
-    assert load(size="1536x1536")["width"] == 1536  # exactly MAX_IMAGE_PIXELS
-    assert load(size="2048x1152")["width"] == 2048  # MAX_IMAGE_SIDE, within the pixels
+    assert load(n=config["MAX_IMAGES_PER_REQUEST"]).n_images == config["MAX_IMAGES_PER_REQUEST"]
+    assert load(size="1536x1536").spec.width == 1536  # exactly MAX_IMAGE_PIXELS
+    assert load(size="2048x1152").spec.width == 2048  # MAX_IMAGE_SIDE, within the pixels
 
 
 REJECTED: list[tuple[str, Any]] = [
@@ -263,10 +281,13 @@ def test_limits_come_from_the_app_config_at_request_time(tmp_path: Path) -> None
         load_model=False,
     )
     with small.test_request_context():
-        params = generation_request.load({"prompt": "short"})
-        assert (params["width"], params["height"]) == (64, 128)
-        assert params["steps"] == 28
-        assert generation_request.load({"prompt": "short", "quality": "low"})["steps"] == 14
+        spec, _ = build_spec(generation_request.load({"prompt": "short"}), small.config)
+        assert (spec.width, spec.height) == (64, 128)
+        assert spec.steps == 28
+        low, _ = build_spec(
+            generation_request.load({"prompt": "short", "quality": "low"}), small.config
+        )
+        assert low.steps == 14
         for field, value in [
             ("prompt", "sixsix"),
             ("num_inference_steps", 4),

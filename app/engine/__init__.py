@@ -1,4 +1,12 @@
-"""The engine: one shared diffusers pipeline per worker, a derived pipeline per request."""
+"""The engine package: load the shared pipeline, derive one per request, run batches.
 
-from app.engine.core import *  # noqa: F403
-from app.engine.core import Engine, GenerationSpec  # noqa: F401
+Modules, in the order a request meets them: work.py (what is asked), engine.py (state,
+submit, complete), derive.py (the per-request pipeline), runner.py (one pipeline call),
+previews.py (partial images), loading.py (the shared pipeline).
+"""
+
+from app.engine.engine import Engine, Loader
+from app.engine.runner import PipelineCall
+from app.engine.work import GenerationSpec, PartialCallback, Task, Work
+
+__all__ = ["Engine", "GenerationSpec", "Loader", "PartialCallback", "PipelineCall", "Task", "Work"]

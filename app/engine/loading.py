@@ -56,7 +56,7 @@ def _import_quietly() -> None:
     verbosity = transformers_logging.get_verbosity()
     transformers_logging.set_verbosity_error()
     try:
-        import diffusers  # noqa: F401
+        from diffusers import AutoPipelineForText2Image  # noqa: F401 -- imports the pipelines
         from diffusers.utils import logging as diffusers_logging
     finally:
         transformers_logging.set_verbosity(verbosity)

@@ -1,0 +1,69 @@
+"""What the engine is asked for (GenerationSpec) and what travels through the lane (Work)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import torch
+from PIL import Image
+
+
+class Task(StrEnum):
+    """Which pipeline of the served model family a request runs."""
+
+    TEXT_TO_IMAGE = "text2image"
+    IMAGE_TO_IMAGE = "image2image"
+    INPAINT = "inpaint"
+
+
+@dataclass(frozen=True)
+class GenerationSpec:
+    """What the pipeline needs for one request: one image per seed.
+
+    For image-to-image and inpainting, `init_images[i]` (and `masks[i]`) belong to the
+    output image made with `seeds[i]`, already at the output size.
+    """
+
+    prompt: str
+    negative_prompt: str | None
+    width: int
+    height: int
+    steps: int
+    guidance_scale: float
+    seeds: tuple[int, ...]
+    task: Task = Task.TEXT_TO_IMAGE
+    init_images: tuple[Image.Image, ...] = ()
+    masks: tuple[Image.Image, ...] = ()
+    strength: float = 1.0
+    partial_images: int = 0
+
+    def batch_key(self) -> Hashable:
+        """Return what specs must share to run in one pipeline call."""
+        return (self.task, self.width, self.height, self.steps, self.guidance_scale,
+                self.strength, self.negative_prompt is not None)  # fmt: skip
+
+    def generators(self) -> list[torch.Generator]:
+        """Return one CPU generator per image: the same seed gives the same noise anywhere."""
+        return [torch.Generator("cpu").manual_seed(seed) for seed in self.seeds]
+
+
+# Called with (partial_image_index, image) while a streamed generation runs.
+PartialCallback = Callable[[int, Image.Image], None]
+
+
+@dataclass(eq=False)
+class Work:
+    """One request's work item in the lane: its spec and its own pipeline and generators."""
+
+    spec: GenerationSpec
+    pipeline: Any
+    generators: list[torch.Generator] = field(default_factory=list)
+    on_partial: PartialCallback | None = None
+
+    @property
+    def batchable(self) -> bool:
+        """Return whether other requests may share this one's pipeline call."""
+        return self.on_partial is None and self.spec.partial_images == 0
