@@ -2,7 +2,7 @@
 
 Pillow's PNG encoder picks a filter per row by trying all five and deflates on one
 thread: about 250 ms for a 1024x1024 photo at its default level, on every request's
-critical path (bench/png.py; figures in the README). Here every row uses the Up filter
+critical path (bench/png.py; figures in bench/README.md). Here every row uses the Up filter
 (a row minus the one above: one vectorised subtraction, and for photos within a few
 percent of the best filter), and the filtered rows are cut into pieces that are deflated
 at the same time on several threads (zlib releases the GIL), the way pigz does: each piece
