@@ -13,7 +13,6 @@ from typing import Any
 from flask import Blueprint, current_app, request
 from PIL import Image
 
-from app.engine import GenerationSpec
 from app.exceptions import APIError, InvalidRequest, ModelNotFound
 from app.render import answer
 from app.schemas import ImageRequest, edit_request, generation_request, variation_request
@@ -40,9 +39,7 @@ def create_image() -> Any:
     deadline = _deadline()
     params: ImageRequest = generation_request.load(_json_object())
     _check_model(params.model)
-    spec, output = build_spec(params, current_app.config)
-    _log_request(Endpoint.GENERATION, params, spec)
-    return answer(spec, output, deadline, Endpoint.GENERATION)
+    return _generate(Endpoint.GENERATION, params, deadline)
 
 
 @bp.post("/images/edits")
@@ -59,9 +56,7 @@ def create_edit() -> Any:
             "A mask can be combined with a single image only.", param="mask", code="invalid_mask"
         )
     repaint = edit_mask(images[0], mask) if len(images) == 1 else None
-    spec, output = build_spec(params, current_app.config, Endpoint.EDIT, images, repaint)
-    _log_request(Endpoint.EDIT, params, spec)
-    return answer(spec, output, deadline, Endpoint.EDIT)
+    return _generate(Endpoint.EDIT, params, deadline, images, repaint)
 
 
 @bp.post("/images/variations")
@@ -71,9 +66,7 @@ def create_variation() -> Any:
     params: ImageRequest = variation_request.load(_form_fields())
     _check_model(params.model)
     images = _uploaded_images(allow_several=False)
-    spec, output = build_spec(params, current_app.config, Endpoint.VARIATION, images)
-    _log_request(Endpoint.VARIATION, params, spec)
-    return answer(spec, output, deadline, Endpoint.VARIATION)
+    return _generate(Endpoint.VARIATION, params, deadline, images)
 
 
 @bp.get("/models")
@@ -108,12 +101,21 @@ def _check_model(name: str | None) -> None:
         )
 
 
-def _log_request(endpoint: Endpoint, params: ImageRequest, spec: GenerationSpec) -> None:
+def _generate(
+    endpoint: Endpoint,
+    params: ImageRequest,
+    deadline: float,
+    images: list[Image.Image] | None = None,
+    mask: Image.Image | None = None,
+) -> Any:
+    """Build the spec with every default, log the request, generate and answer."""
+    spec, output = build_spec(params, current_app.config, endpoint, images or (), mask)
     log.info(
         "%s model=%r user=%r n=%d size=%dx%d steps=%d seed=%d stream=%s",
         endpoint, params.model, params.user, len(spec.seeds), spec.width, spec.height,
-        spec.steps, spec.seeds[0], bool(params.stream),
+        spec.steps, spec.seeds[0], output.stream,
     )  # fmt: skip
+    return answer(spec, output, deadline, endpoint)
 
 
 def _json_object() -> dict[str, Any]:

@@ -16,11 +16,19 @@ from typing import Any
 from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 from flask import Blueprint, Flask, current_app
-from marshmallow import Schema, fields, validate
 
 from app.auth import keys_required
 from app.images import IMAGE_NAME
 from app.request_ids import _WELL_FORMED
+from app.response_schemas import (
+    ErrorSchema,
+    HealthSchema,
+    ImagesResponseSchema,
+    ModelListSchema,
+    ReadinessSchema,
+    StreamEventDataSchema,
+    StreamEventSchema,
+)
 from app.schemas import (
     MIN_IMAGE_SIDE,
     SIZE_STEP,
@@ -35,91 +43,6 @@ from app.schemas import (
 bp = Blueprint("openapi", __name__)
 
 API_VERSION = "0.1.0"
-
-
-# -- response schemas (documentation only) ----------------------------------------------
-
-
-class ErrorDetailSchema(Schema):
-    message = fields.String(required=True)
-    type = fields.String(required=True)
-    param = fields.String(required=True, allow_none=True)
-    code = fields.String(required=True, allow_none=True)
-
-
-class ErrorSchema(Schema):
-    """OpenAI's error envelope, the body of every error."""
-
-    error = fields.Nested(ErrorDetailSchema, required=True)
-
-
-class ImageSchema(Schema):
-    url = fields.String(metadata={"description": "With response_format=url (absolute URL)."})
-    b64_json = fields.String(metadata={"description": "With response_format=b64_json."})
-    seed = fields.Integer(required=True, metadata={"description": "The seed of this image."})
-
-
-class ImagesResponseSchema(Schema):
-    created = fields.Integer(required=True, metadata={"description": "Unix seconds."})
-    data = fields.List(fields.Nested(ImageSchema), required=True)
-    size = fields.String(required=True)
-    quality = fields.String(required=True)
-    output_format = fields.String(required=True, validate=validate.OneOf(["png", "jpeg", "webp"]))
-    background = fields.String(required=True)
-
-
-class ModelSchema(Schema):
-    id = fields.String(required=True)
-    object = fields.String(required=True, validate=validate.OneOf(["model"]))
-    created = fields.Integer(required=True)
-    owned_by = fields.String(required=True)
-    ready = fields.Boolean(required=True)
-
-
-class ModelListSchema(Schema):
-    object = fields.String(required=True, validate=validate.OneOf(["list"]))
-    data = fields.List(fields.Nested(ModelSchema), required=True)
-
-
-class HealthSchema(Schema):
-    status = fields.String(required=True, validate=validate.OneOf(["ok"]))
-
-
-class ReadinessSchema(Schema):
-    status = fields.String(
-        required=True,
-        validate=validate.OneOf(["ready", "loading", "failed", "draining", "fatal"]),
-    )
-    reason = fields.String(required=True, allow_none=True)
-
-
-_EVENT_TYPES = [
-    f"{kind}.{what}"
-    for kind in ("image_generation", "image_edit")
-    for what in ("partial_image", "completed")
-] + ["error"]
-
-
-class StreamEventSchema(Schema):
-    """One server-sent event: its name, and its `data` (a StreamEventData as JSON)."""
-
-    event = fields.String(required=True, validate=validate.OneOf(_EVENT_TYPES))
-    data = fields.String(required=True)
-
-
-class StreamEventDataSchema(Schema):
-    """An event's data: partial images, then the final image, or an error."""
-
-    type = fields.String(required=True, validate=validate.OneOf(_EVENT_TYPES))
-    b64_json = fields.String()
-    partial_image_index = fields.Integer()
-    seed = fields.Integer()
-    created_at = fields.Integer()
-    size = fields.String()
-    quality = fields.String()
-    output_format = fields.String()
-    background = fields.String()
-    error = fields.Nested(ErrorDetailSchema)
 
 
 # -- errors each operation can answer ---------------------------------------------------
@@ -251,7 +174,7 @@ def _image_operation(
     }
 
 
-def build_spec(app: Flask) -> dict[str, Any]:
+def build_document(app: Flask) -> dict[str, Any]:
     """Build the OpenAPI 3.1 document for `app`'s configuration."""
     config = app.config
     secured = keys_required(app)
@@ -394,7 +317,7 @@ def _document_plain_routes(spec: APISpec, metrics_secured: bool) -> None:
 def get_spec(app: Flask) -> dict[str, Any]:
     """Return the app's document, built on first use."""
     if "openapi" not in app.extensions:
-        app.extensions["openapi"] = build_spec(app)
+        app.extensions["openapi"] = build_document(app)
     return copy.deepcopy(app.extensions["openapi"])
 
 

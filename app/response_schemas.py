@@ -1,0 +1,91 @@
+"""Response schemas, for the OpenAPI document only: what the API answers, as JSON Schema.
+
+The responses themselves are built by app/render.py, app/api.py and app/errors.py; tests
+check the answers against the document (tests/test_openapi.py, schemathesis).
+"""
+
+from __future__ import annotations
+
+from marshmallow import Schema, fields, validate
+
+
+class ErrorDetailSchema(Schema):
+    message = fields.String(required=True)
+    type = fields.String(required=True)
+    param = fields.String(required=True, allow_none=True)
+    code = fields.String(required=True, allow_none=True)
+
+
+class ErrorSchema(Schema):
+    """OpenAI's error envelope, the body of every error."""
+
+    error = fields.Nested(ErrorDetailSchema, required=True)
+
+
+class ImageSchema(Schema):
+    url = fields.String(metadata={"description": "With response_format=url (absolute URL)."})
+    b64_json = fields.String(metadata={"description": "With response_format=b64_json."})
+    seed = fields.Integer(required=True, metadata={"description": "The seed of this image."})
+
+
+class ImagesResponseSchema(Schema):
+    created = fields.Integer(required=True, metadata={"description": "Unix seconds."})
+    data = fields.List(fields.Nested(ImageSchema), required=True)
+    size = fields.String(required=True)
+    quality = fields.String(required=True)
+    output_format = fields.String(required=True, validate=validate.OneOf(["png", "jpeg", "webp"]))
+    background = fields.String(required=True)
+
+
+class ModelSchema(Schema):
+    id = fields.String(required=True)
+    object = fields.String(required=True, validate=validate.OneOf(["model"]))
+    created = fields.Integer(required=True)
+    owned_by = fields.String(required=True)
+    ready = fields.Boolean(required=True)
+
+
+class ModelListSchema(Schema):
+    object = fields.String(required=True, validate=validate.OneOf(["list"]))
+    data = fields.List(fields.Nested(ModelSchema), required=True)
+
+
+class HealthSchema(Schema):
+    status = fields.String(required=True, validate=validate.OneOf(["ok"]))
+
+
+class ReadinessSchema(Schema):
+    status = fields.String(
+        required=True,
+        validate=validate.OneOf(["ready", "loading", "failed", "draining", "fatal"]),
+    )
+    reason = fields.String(required=True, allow_none=True)
+
+
+_EVENT_TYPES = [
+    f"{kind}.{what}"
+    for kind in ("image_generation", "image_edit")
+    for what in ("partial_image", "completed")
+] + ["error"]
+
+
+class StreamEventSchema(Schema):
+    """One server-sent event: its name, and its `data` (a StreamEventData as JSON)."""
+
+    event = fields.String(required=True, validate=validate.OneOf(_EVENT_TYPES))
+    data = fields.String(required=True)
+
+
+class StreamEventDataSchema(Schema):
+    """An event's data: partial images, then the final image, or an error."""
+
+    type = fields.String(required=True, validate=validate.OneOf(_EVENT_TYPES))
+    b64_json = fields.String()
+    partial_image_index = fields.Integer()
+    seed = fields.Integer()
+    created_at = fields.Integer()
+    size = fields.String()
+    quality = fields.String()
+    output_format = fields.String()
+    background = fields.String()
+    error = fields.Nested(ErrorDetailSchema)
