@@ -19,7 +19,7 @@ from app import create_app
 from app.engine import PipelineCall
 from app.tiny_model import ensure_tiny_sd3
 from tests.leaks import ResponseWatch
-from tests.server import GunicornServer
+from tests.support.gunicorn import GunicornServer
 
 # Small and fast defaults for every app and server the tests start.
 FAST = {"MODEL_ID": "tiny-random", "DEFAULT_SIZE": "64x64", "DEFAULT_STEPS": 2}

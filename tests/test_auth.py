@@ -13,7 +13,7 @@ from flask import Flask
 
 from app.auth import _is_valid, load_keys
 from tests.conftest import FAST, assert_openai_error, make_app
-from tests.server import GunicornServer
+from tests.support.gunicorn import GunicornServer
 
 SMALL = {"size": "64x64", "num_inference_steps": 1}
 KEY_ONE = "sk-one-5f1b9c0e7d"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import FAST
-from tests.server import GunicornServer
+from tests.support.gunicorn import GunicornServer
 
 SCHEMATHESIS = shutil.which("schemathesis", path=str(Path(sys.executable).parent))
 KEY = "fuzz-key-3c9a41"

@@ -13,7 +13,7 @@ import pytest
 import requests
 
 from tests.conftest import FAST, assert_openai_error
-from tests.server import GunicornServer
+from tests.support.gunicorn import GunicornServer
 
 SMALL = {"size": "64x64", "num_inference_steps": 2}
 # Long enough on this CPU to still be running when the test acts (about 2-5 s).

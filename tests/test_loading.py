@@ -10,7 +10,7 @@ import pytest
 import requests
 
 from tests.conftest import FAST, assert_openai_error
-from tests.server import GunicornServer
+from tests.support.gunicorn import GunicornServer
 
 
 def test_slow_load_answers_503_and_is_never_killed_by_gunicorn(

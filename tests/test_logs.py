@@ -14,7 +14,7 @@ import requests
 from flask import Flask
 
 from tests.conftest import FAST, assert_openai_error
-from tests.server import GunicornServer
+from tests.support.gunicorn import GunicornServer
 
 SMALL = {"size": "64x64", "num_inference_steps": 1}
 

@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from tests.conftest import FAST, assert_openai_error
-from tests.server import ROOT, GunicornServer, free_port
+from tests.support.gunicorn import ROOT, GunicornServer, free_port
 
 NGINX = shutil.which("nginx") or next(
     (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if Path(p).exists()), None

@@ -21,7 +21,7 @@ import requests
 from PIL import Image
 
 from tests.conftest import FAST
-from tests.server import ROOT, GunicornServer
+from tests.support.gunicorn import ROOT, GunicornServer
 
 try:
     from playwright.sync_api import Browser, Page, Playwright, expect, sync_playwright

@@ -13,7 +13,7 @@ from flask import Flask
 
 from app.retention import sweep
 from tests.conftest import FAST, make_app
-from tests.server import ROOT
+from tests.support.gunicorn import ROOT
 
 SMALL = {"size": "64x64", "num_inference_steps": 1}
 HOUR = 3600

@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from tests.conftest import FAST, assert_openai_error, b64_pixels, pixels
-from tests.server import GunicornServer
+from tests.support.gunicorn import GunicornServer
 
 SMALL = {"size": "64x64", "num_inference_steps": 2}
 

@@ -1,4 +1,4 @@
-"""Start the real Gunicorn server on a free loopback port for black-box tests."""
+"""Start the real Gunicorn server on a free loopback port: for black-box tests and the benchmark."""
 
 from __future__ import annotations
 
@@ -7,13 +7,17 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 import requests
 
-ROOT = Path(__file__).resolve().parent.parent
+if TYPE_CHECKING:
+    import psutil
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:
@@ -24,27 +28,48 @@ def free_port() -> int:
 
 
 class GunicornServer:
-    """`gunicorn -c gunicorn.conf.py wsgi:app`, started and stopped around a block."""
+    """`gunicorn -c gunicorn.conf.py wsgi:app`, started and stopped around a block.
+
+    Its log goes to `log_dir` (the repository root unless told) and is removed on stop.
+    `own_session` puts Gunicorn in a session of its own, so a Ctrl-C reaches only the
+    caller, which then stops it (the benchmark); without it a Ctrl-C stops both at once.
+    """
 
     def __init__(
-        self, env: dict[str, str | int], ready_timeout: float = 120, app: str = "wsgi:app"
+        self,
+        env: Mapping[str, object],
+        ready_timeout: float = 120,
+        app: str = "wsgi:app",
+        *,
+        name: str = "test",
+        log_dir: Path = ROOT,
+        own_session: bool = False,
+        stop_timeout: float = 30,
     ) -> None:
         self.app = app
+        self.name = name
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, **{key: str(value) for key, value in env.items()}}
         self.ready_timeout = ready_timeout
-        self.log_path: Path | None = None
+        self.stop_timeout = stop_timeout
+        self.own_session = own_session
+        self.log_path = log_dir / f".gunicorn-{name.replace(' ', '_')}-{self.port}.log"
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, wait_ready: bool = True) -> GunicornServer:
         """Start Gunicorn; by default wait until /readyz answers 200."""
-        log = open(ROOT / f".gunicorn-test-{self.port}.log", "wb")  # noqa: SIM115
-        self.log_path = Path(log.name)
         command = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py",
                    "-b", f"127.0.0.1:{self.port}", self.app]  # fmt: skip
-        self.process = subprocess.Popen(command, cwd=ROOT, env=self.env, stdout=log, stderr=log)
-        log.close()
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                command,
+                cwd=ROOT,
+                env=self.env,
+                stdout=log,
+                stderr=log,
+                start_new_session=self.own_session,
+            )
         if wait_ready:
             try:
                 self.wait_ready()
@@ -57,39 +82,53 @@ class GunicornServer:
         """Poll /readyz until it answers 200, or fail with the server's log."""
         deadline = time.monotonic() + self.ready_timeout
         while time.monotonic() < deadline:
-            assert self.process is not None and self.process.poll() is None, self.log()
+            if self.process is None or self.process.poll() is not None:
+                raise RuntimeError(f"server {self.name} exited:\n{self.log()}")
             try:
                 if requests.get(f"{self.base_url}/readyz", timeout=10).status_code == 200:
                     return
             except (requests.ConnectionError, requests.Timeout):
                 pass
             time.sleep(0.2)
-        raise AssertionError(f"server not ready in {self.ready_timeout}s:\n{self.log()}")
+        raise RuntimeError(f"server {self.name} not ready in {self.ready_timeout}s:\n{self.log()}")
 
     def log(self) -> str:
         """Return what the server has logged so far."""
-        return self.log_path.read_text(errors="replace") if self.log_path else ""
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
 
     def wait_for_log(self, condition: Callable[[str], bool], timeout: float = 10.0) -> str:
         """Return the log once `condition(log)` holds. Access lines are written after
         their response has been sent, so a client can have its answer before the line."""
         deadline = time.monotonic() + timeout
         while not condition(log := self.log()):
-            assert time.monotonic() < deadline, f"the log did not get there in {timeout}s:\n{log}"
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the log did not get there in {timeout}s:\n{log}")
             time.sleep(0.05)
         return log
 
+    def worker(self) -> psutil.Process:
+        """Return the Gunicorn worker: the master's one child process."""
+        import psutil  # only the benchmark reads the worker
+
+        assert self.process is not None, "the server is not started"
+        children = psutil.Process(self.process.pid).children()
+        if len(children) != 1:
+            raise RuntimeError(f"expected one Gunicorn worker, found {len(children)}")
+        return children[0]
+
     def stop(self) -> None:
-        """Stop the server (SIGTERM, then SIGKILL) and remove its log file."""
+        """Stop the server (SIGTERM: it drains; SIGKILL after `stop_timeout`), remove its log."""
         if self.process and self.process.poll() is None:
             self.process.terminate()
             try:
-                self.process.wait(timeout=30)
+                self.process.wait(timeout=self.stop_timeout)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        if self.log_path:
-            self.log_path.unlink(missing_ok=True)
+        self.log_path.unlink(missing_ok=True)
 
     def __enter__(self) -> GunicornServer:
         return self.start()

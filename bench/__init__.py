@@ -1,0 +1,1 @@
+"""The benchmark: `bench/run.py` (server against bare pipeline) and `bench/png.py` (PNG)."""
