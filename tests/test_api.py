@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import errno
 import io
-import json
 import os
 import re
 import time
@@ -22,25 +21,20 @@ from flask.testing import FlaskClient
 from PIL import Image
 from werkzeug.test import TestResponse
 
-from app import create_app
 from app import images as images_module
 from app.engine.runner import call_pipeline
 from app.schemas import MAX_SEED
-from tests.conftest import FAST, assert_openai_error, b64_pixels, make_app, pixels
+from tests.support.apps import idle_app, make_app
+from tests.support.client import GENERATIONS, post_generation
+from tests.support.errors import assert_openai_error
+from tests.support.images import b64_pixels, max_diff, pixels, png_parameters
 
-GENERATIONS = "/v1/images/generations"
 IMAGE_URL = re.compile(r"^http://localhost/static/images/[0-9a-f]{32}\.png$")
 FRESH_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
-def generate(client: FlaskClient, **fields: Any) -> TestResponse:
-    """POST a tiny, fast generation request; `fields` add to or replace the defaults."""
-    body = {"prompt": "a red fox in the snow", "size": "64x64", "num_inference_steps": 1}
-    body.update(fields)
-    return client.post(GENERATIONS, json=body)
-
-
 def image_dir(app: Flask) -> Path:
+    """The directory the app stores its images in."""
     return Path(app.config["IMAGE_DIR"])
 
 
@@ -50,6 +44,7 @@ def stored_files(app: Flask) -> set[str]:
 
 
 def temporary_files(app: Flask) -> set[str]:
+    """The half-written images left in the app's image directory."""
     return {name for name in stored_files(app) if name.startswith(".tmp-")}
 
 
@@ -58,26 +53,12 @@ def fetch(client: FlaskClient, url: str) -> TestResponse:
     return client.get(urlsplit(url).path)
 
 
-def error_of(resp: TestResponse, status: int, **expected: Any) -> dict[str, Any]:
-    return assert_openai_error(resp.status_code, resp.data, resp.headers, status, **expected)
-
-
-def idle_app(tmp_path: Path, **overrides: Any) -> Flask:
-    """An app whose model is never loaded: for what happens before the engine."""
-    config = {
-        **FAST,
-        "IMAGE_DIR": str(tmp_path / "images"),
-        "MODEL_CACHE_DIR": str(tmp_path / "models"),
-    }
-    return create_app({**config, **overrides}, load_model=False)
-
-
 # -- successful generations ----------------------------------------------------------
 
 
 def test_url_response_points_at_a_stored_png(app: Flask, client: FlaskClient) -> None:
     before = time.time()
-    resp = generate(client, prompt="a lighthouse at dusk", seed=1234)
+    resp = post_generation(client, prompt="a lighthouse at dusk", seed=1234)
     after = time.time()
 
     assert resp.status_code == 200, resp.data
@@ -105,7 +86,7 @@ def test_url_response_points_at_a_stored_png(app: Flask, client: FlaskClient) ->
     png = Image.open(io.BytesIO(served.data))
     assert png.format == "PNG"
     assert png.size == (64, 64)
-    parameters = json.loads(png.text["parameters"])
+    parameters = png_parameters(served.data)
     assert parameters["prompt"] == "a lighthouse at dusk"
     assert parameters["seed"] == 1234
     assert parameters["steps"] == 1
@@ -114,7 +95,7 @@ def test_url_response_points_at_a_stored_png(app: Flask, client: FlaskClient) ->
 
 
 def test_n_images_get_their_own_urls_and_consecutive_seeds(client: FlaskClient) -> None:
-    resp = generate(client, n=2, seed=500)
+    resp = post_generation(client, n=2, seed=500)
     assert resp.status_code == 200, resp.data
     data = resp.get_json()["data"]
     assert [item["seed"] for item in data] == [500, 501]
@@ -128,7 +109,7 @@ def test_b64_json_writes_no_file_and_decodes_at_the_requested_size(
     app: Flask, client: FlaskClient
 ) -> None:
     before = stored_files(app)
-    resp = generate(client, response_format="b64_json", size="64x128")
+    resp = post_generation(client, response_format="b64_json", size="64x128")
     assert resp.status_code == 200, resp.data
     assert stored_files(app) == before
 
@@ -144,7 +125,7 @@ def test_b64_json_writes_no_file_and_decodes_at_the_requested_size(
 
 def test_same_seed_gives_identical_pixels_and_another_seed_differs(client: FlaskClient) -> None:
     def image(seed: int) -> np.ndarray:
-        resp = generate(client, response_format="b64_json", seed=seed)
+        resp = post_generation(client, response_format="b64_json", seed=seed)
         assert resp.status_code == 200, resp.data
         return b64_pixels(resp.get_json()["data"][0])
 
@@ -154,25 +135,23 @@ def test_same_seed_gives_identical_pixels_and_another_seed_differs(client: Flask
 
 
 def test_a_returned_seed_regenerates_its_image_alone(client: FlaskClient) -> None:
-    batch = generate(client, response_format="b64_json", n=2, seed=7000)
+    batch = post_generation(client, response_format="b64_json", n=2, seed=7000)
     assert batch.status_code == 200, batch.data
     second = batch.get_json()["data"][1]
     assert second["seed"] == 7001
-    alone = generate(client, response_format="b64_json", seed=second["seed"])
+    alone = post_generation(client, response_format="b64_json", seed=second["seed"])
     assert alone.status_code == 200, alone.data
-    difference = np.abs(
-        b64_pixels(second).astype(int) - b64_pixels(alone.get_json()["data"][0]).astype(int)
-    )
-    assert difference.max() <= 2  # batched and single runs may round a pixel differently
+    # Batched and single runs may round a pixel differently.
+    assert max_diff(b64_pixels(second), b64_pixels(alone.get_json()["data"][0])) <= 2
 
 
 def test_every_returned_seed_can_be_sent_back(client: FlaskClient) -> None:
     # A client replays an image by sending the seed it was given; near the top of the
     # range, n > 1 must not hand out seeds that the server itself refuses.
-    resp = generate(client, response_format="b64_json", n=2, seed=MAX_SEED)
+    resp = post_generation(client, response_format="b64_json", n=2, seed=MAX_SEED)
     assert resp.status_code == 200, resp.data
     for item in resp.get_json()["data"]:
-        replay = generate(client, response_format="b64_json", seed=item["seed"])
+        replay = post_generation(client, response_format="b64_json", seed=item["seed"])
         assert replay.status_code == 200, (item["seed"], replay.data)
 
 
@@ -183,7 +162,7 @@ def test_every_returned_seed_can_be_sent_back(client: FlaskClient) -> None:
 def test_output_format_sets_the_encoding_and_the_url_extension(
     client: FlaskClient, output_format: str, pil_format: str, mimetype: str
 ) -> None:
-    resp = generate(client, output_format=output_format)
+    resp = post_generation(client, output_format=output_format)
     assert resp.status_code == 200, resp.data
     body = resp.get_json()
     assert body["output_format"] == output_format
@@ -204,7 +183,7 @@ def test_output_format_sets_the_encoding_and_the_url_extension(
 
 def test_output_compression_changes_the_jpeg_size(client: FlaskClient) -> None:
     def jpeg(compression: int) -> bytes:
-        resp = generate(
+        resp = post_generation(
             client,
             response_format="b64_json",
             output_format="jpeg",
@@ -237,6 +216,22 @@ def test_response_echoes_size_quality_and_output_format(client: FlaskClient) -> 
     assert Image.open(io.BytesIO(base64.b64decode(body["data"][0]["b64_json"]))).size == (128, 64)
 
 
+def test_quality_low_runs_fewer_steps_than_auto_and_high_more(client: FlaskClient) -> None:
+    # No num_inference_steps: quality alone decides. The PNG records the steps that ran.
+    steps, images = {}, {}
+    for quality in ("low", "auto", "high"):
+        body = {"prompt": "a teapot", "size": "64x64", "seed": 8, "quality": quality}
+        resp = client.post(GENERATIONS, json={**body, "response_format": "b64_json"})
+        assert resp.status_code == 200, resp.data
+        item = resp.get_json()["data"][0]
+        steps[quality] = png_parameters(base64.b64decode(item["b64_json"]))["steps"]
+        images[quality] = b64_pixels(item)
+    assert steps["low"] < steps["auto"] < steps["high"]
+    assert steps["auto"] == 2  # the app's DEFAULT_STEPS
+    # Same seed, other step counts: the pipeline really ran them.
+    assert not np.array_equal(images["low"], images["high"])
+
+
 def test_the_seed_documents_exact_request_works(client: FlaskClient) -> None:
     resp = client.post(
         GENERATIONS,
@@ -251,9 +246,7 @@ def test_the_seed_documents_exact_request_works(client: FlaskClient) -> None:
     (item,) = body["data"]
     assert IMAGE_URL.match(item["url"])
     assert 0 <= item["seed"] <= MAX_SEED
-    parameters = json.loads(
-        Image.open(io.BytesIO(fetch(client, item["url"]).data)).text["parameters"]
-    )
+    parameters = png_parameters(fetch(client, item["url"]).data)
     assert parameters["steps"] == 2  # the app's DEFAULT_STEPS
 
 
@@ -274,20 +267,20 @@ def test_models_lists_the_served_model(client: FlaskClient) -> None:
 
 
 def test_unknown_field_is_400_naming_the_field(client: FlaskClient) -> None:
-    resp = generate(client, foo="bar")
-    error = error_of(resp, 400, param="foo", code="unknown_parameter")
+    resp = post_generation(client, foo="bar")
+    error = assert_openai_error(resp, 400, param="foo", code="unknown_parameter")
     assert "foo" in error["message"]
     assert error["type"] == "invalid_request_error"
 
 
 def test_missing_prompt_is_400_missing_required_parameter(client: FlaskClient) -> None:
     resp = client.post(GENERATIONS, json={"size": "64x64"})
-    error_of(resp, 400, param="prompt", code="missing_required_parameter")
+    assert_openai_error(resp, 400, param="prompt", code="missing_required_parameter")
 
 
 @pytest.mark.parametrize("n", [0, 11, "2", True, 1.5, -1])
 def test_invalid_n_is_400_naming_n(client: FlaskClient, n: Any) -> None:
-    error = error_of(generate(client, n=n), 400, param="n", code="invalid_value")
+    error = assert_openai_error(post_generation(client, n=n), 400, param="n", code="invalid_value")
     assert "n" in error["message"]
 
 
@@ -307,52 +300,56 @@ def test_invalid_n_is_400_naming_n(client: FlaskClient, n: Any) -> None:
     ],
 )
 def test_invalid_value_is_400_naming_its_field(client: FlaskClient, field: str, value: Any) -> None:
-    error_of(generate(client, **{field: value}), 400, param=field, code="invalid_value")
+    assert_openai_error(
+        post_generation(client, **{field: value}), 400, param=field, code="invalid_value"
+    )
 
 
 def test_malformed_json_is_400(client: FlaskClient) -> None:
     resp = client.post(GENERATIONS, data='{"prompt": "a cat",', content_type="application/json")
-    error_of(resp, 400, code="invalid_json")
+    assert_openai_error(resp, 400, code="invalid_json")
 
 
 @pytest.mark.parametrize("body", ['["a cat"]', "[]", '"a cat"', "42", "null"])
 def test_json_that_is_not_an_object_is_400(client: FlaskClient, body: str) -> None:
     resp = client.post(GENERATIONS, data=body, content_type="application/json")
-    error_of(resp, 400, code="invalid_request")
+    assert_openai_error(resp, 400, code="invalid_request")
 
 
 def test_form_encoded_body_is_415(client: FlaskClient) -> None:
     resp = client.post(GENERATIONS, data={"prompt": "a cat"})
-    error = error_of(resp, 415, code="unsupported_media_type")
+    error = assert_openai_error(resp, 415, code="unsupported_media_type")
     assert "application/json" in error["message"]
 
 
 def test_json_body_without_a_content_type_is_415(client: FlaskClient) -> None:
     resp = client.post(GENERATIONS, data='{"prompt": "a cat"}')
-    error_of(resp, 415, code="unsupported_media_type")
+    assert_openai_error(resp, 415, code="unsupported_media_type")
 
 
 def test_body_over_the_default_limit_is_413(client: FlaskClient) -> None:
     resp = client.post(GENERATIONS, json={"prompt": "x" * (1024 * 1024 + 1)})
-    error_of(resp, 413, code="request_too_large")
+    assert_openai_error(resp, 413, code="request_too_large")
 
 
 def test_body_over_a_configured_limit_is_413(tmp_path: Path) -> None:
     small = idle_app(tmp_path, MAX_REQUEST_BYTES=200).test_client()
     resp = small.post(GENERATIONS, json={"prompt": "x" * 300})
-    error_of(resp, 413, code="request_too_large")
+    assert_openai_error(resp, 413, code="request_too_large")
     # Under the limit the body is read and validated as usual.
-    error_of(small.post(GENERATIONS, json={"prompt": "x", "foo": 1}), 400, param="foo")
+    assert_openai_error(small.post(GENERATIONS, json={"prompt": "x", "foo": 1}), 400, param="foo")
 
 
 def test_unknown_route_is_404(client: FlaskClient) -> None:
-    error_of(client.get("/v1/nothing-here"), 404, code="not_found")
-    error_of(client.post("/v1/images/nothing", json={"prompt": "x"}), 404, code="not_found")
+    assert_openai_error(client.get("/v1/nothing-here"), 404, code="not_found")
+    assert_openai_error(
+        client.post("/v1/images/nothing", json={"prompt": "x"}), 404, code="not_found"
+    )
 
 
 def test_get_on_generations_is_405_with_allow(client: FlaskClient) -> None:
     resp = client.get(GENERATIONS)
-    error_of(resp, 405, code="method_not_allowed")
+    assert_openai_error(resp, 405, code="method_not_allowed")
     assert "POST" in resp.headers["Allow"]
 
 
@@ -367,7 +364,7 @@ def test_well_formed_request_id_is_echoed(client: FlaskClient, path: str) -> Non
 
 def test_well_formed_request_id_is_echoed_on_a_validation_error(client: FlaskClient) -> None:
     resp = client.post(GENERATIONS, json={"foo": 1}, headers={"x-request-id": "abc-123"})
-    error_of(resp, 400)
+    assert_openai_error(resp, 400)
     assert resp.headers["x-request-id"] == "abc-123"
 
 
@@ -422,7 +419,7 @@ TRAVERSALS = [
 @pytest.mark.parametrize("path", TRAVERSALS)
 def test_path_outside_the_images_is_404_through_the_client(client: FlaskClient, path: str) -> None:
     resp = client.get(path)
-    error_of(resp, 404, code="not_found")
+    assert_openai_error(resp, 404, code="not_found")
     assert b"import" not in resp.data and b"MODEL_ID" not in resp.data
 
 
@@ -438,7 +435,7 @@ def test_path_outside_the_images_is_404_as_a_raw_path(client: FlaskClient, path:
     # PATH_INFO exactly as given: neither percent-decoded nor normalised by the client.
     raw = {"PATH_INFO": path, "REQUEST_URI": path, "RAW_URI": path}
     resp = client.get("/", environ_overrides=raw)
-    error_of(resp, 404, code="not_found")
+    assert_openai_error(resp, 404, code="not_found")
     assert b"import" not in resp.data and b"MODEL_ID" not in resp.data
 
 
@@ -471,7 +468,7 @@ def test_existing_files_that_are_not_images_are_never_served(tmp_path: Path) -> 
         f"/static/images/{name}.py",
     ]:
         for resp in (client.get(path), client.get("/", environ_overrides={"PATH_INFO": path})):
-            error_of(resp, 404, code="not_found")
+            assert_openai_error(resp, 404, code="not_found")
             assert b"SECRET" not in resp.data and b"half written" not in resp.data, path
 
 
@@ -482,8 +479,8 @@ def test_generation_while_the_model_loads_is_503_with_retry_after(tmp_path: Path
     app = idle_app(tmp_path)
     client = app.test_client()
 
-    resp = generate(client)
-    error = error_of(resp, 503, code="model_loading")
+    resp = post_generation(client)
+    error = assert_openai_error(resp, 503, code="model_loading")
     assert error["type"] == "server_error"
     assert resp.headers["Retry-After"] == str(app.config["LOAD_RETRY_AFTER_SECONDS"])
 
@@ -493,7 +490,7 @@ def test_generation_while_the_model_loads_is_503_with_retry_after(tmp_path: Path
     assert ready.get_json()["status"] == "loading"
     assert client.get("/v1/models").get_json()["data"][0]["ready"] is False
     # Requests are still validated while the model loads.
-    error_of(generate(client, foo=1), 400, param="foo", code="unknown_parameter")
+    assert_openai_error(post_generation(client, foo=1), 400, param="foo", code="unknown_parameter")
 
 
 def test_model_load_failure_is_503_naming_the_setting_not_the_path(
@@ -503,8 +500,8 @@ def test_model_load_failure_is_503_naming_the_setting_not_the_path(
     app = make_app(model_cache, tmp_path / "images", MODEL_ID=missing)
     client = app.test_client()
 
-    resp = generate(client)
-    error = error_of(resp, 503, code="model_load_failed")
+    resp = post_generation(client)
+    error = assert_openai_error(resp, 503, code="model_load_failed")
     assert "MODEL_ID" in error["message"]
     assert str(tmp_path) not in resp.get_data(as_text=True)
     assert "no-such-model" not in resp.get_data(as_text=True)
@@ -546,17 +543,17 @@ def test_full_disk_is_500_and_leaves_no_files(
         return real(*args, **kwargs)
 
     monkeypatch.setattr(images_module.os, function, disk_full)
-    resp = generate(client, n=2)
+    resp = post_generation(client, n=2)
     monkeypatch.undo()
 
-    error = error_of(resp, 500, code="storage_failed")
+    error = assert_openai_error(resp, 500, code="storage_failed")
     assert error["type"] == "server_error"
     assert "No space" not in error["message"]
     assert calls == failing_call
     assert stored_files(app) == before
     assert not temporary_files(app)
 
-    again = generate(client, n=2)
+    again = post_generation(client, n=2)
     assert again.status_code == 200, again.data
     assert len(stored_files(app) - before) == 2
 
@@ -589,27 +586,27 @@ def test_pipeline_error_is_500_without_details_and_the_next_request_works(
 ) -> None:
     client = fresh_app.test_client()
     failing.fault = RuntimeError("boom /secret/path.py")
-    resp = generate(client)
+    resp = post_generation(client)
 
-    error = error_of(resp, 500, code="generation_failed")
+    error = assert_openai_error(resp, 500, code="generation_failed")
     assert error["type"] == "server_error"
     assert "boom" not in resp.get_data(as_text=True)
     assert "/secret" not in resp.get_data(as_text=True)
     assert not stored_files(fresh_app)
 
-    again = generate(client)
+    again = post_generation(client)
     assert again.status_code == 200, again.data
 
 
 def test_out_of_memory_is_503_with_retry_after(fresh_app: Flask, failing: FailNext) -> None:
     client = fresh_app.test_client()
     failing.fault = torch.OutOfMemoryError("CUDA out of memory at /secret/path.py")
-    resp = generate(client)
+    resp = post_generation(client)
 
-    error_of(resp, 503, code="out_of_memory")
+    assert_openai_error(resp, 503, code="out_of_memory")
     assert resp.headers["Retry-After"]
     assert "/secret" not in resp.get_data(as_text=True)
-    assert generate(client).status_code == 200
+    assert post_generation(client).status_code == 200
 
 
 # -- configuration -------------------------------------------------------------------
@@ -619,17 +616,21 @@ def test_strict_model_name_rejects_another_model(model_cache: Path, tmp_path: Pa
     app = make_app(model_cache, tmp_path / "images", ACCEPT_ANY_MODEL=False)
     client = app.test_client()
 
-    error = error_of(generate(client, model="other"), 404, param="model", code="model_not_found")
+    error = assert_openai_error(
+        post_generation(client, model="other"), 404, param="model", code="model_not_found"
+    )
     assert "tiny-random" in error["message"]
-    assert generate(client, model="tiny-random", response_format="b64_json").status_code == 200
-    assert generate(client, response_format="b64_json").status_code == 200
+    assert (
+        post_generation(client, model="tiny-random", response_format="b64_json").status_code == 200
+    )
+    assert post_generation(client, response_format="b64_json").status_code == 200
 
 
 def test_public_base_url_prefixes_the_image_urls(model_cache: Path, tmp_path: Path) -> None:
     app = make_app(
         model_cache, tmp_path / "images", PUBLIC_BASE_URL="https://images.example.com/base/"
     )
-    resp = generate(app.test_client(), n=2)
+    resp = post_generation(app.test_client(), n=2)
     assert resp.status_code == 200, resp.data
     for item in resp.get_json()["data"]:
         assert re.match(

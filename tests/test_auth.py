@@ -1,4 +1,4 @@
-"""API keys: the real Gunicorn server and the official openai SDK, plus in-process checks."""
+"""API keys: the real Gunicorn server and the official openai SDK (slow), plus in-process checks."""
 
 from __future__ import annotations
 
@@ -10,9 +10,12 @@ import openai
 import pytest
 import requests
 from flask import Flask
+from flask.testing import FlaskClient
 
 from app.auth import _is_valid, load_keys
-from tests.conftest import FAST, assert_openai_error, make_app
+from tests.support.apps import make_app, server_env
+from tests.support.client import openai_client
+from tests.support.errors import assert_openai_error
 from tests.support.gunicorn import GunicornServer
 
 SMALL = {"size": "64x64", "num_inference_steps": 1}
@@ -27,32 +30,31 @@ def keyed(model_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     tmp = tmp_path_factory.mktemp("keys")
     keys_file = tmp / "keys.txt"
     keys_file.write_text(f"# operators' keys\n\n  {KEY_TWO}  \n")
-    env = {**FAST, "MODEL_CACHE_DIR": model_cache, "IMAGE_DIR": tmp / "images",
-           "API_KEYS": KEY_ONE, "API_KEYS_FILE": keys_file, "LOG_LEVEL": "DEBUG"}  # fmt: skip
+    env = server_env(model_cache, tmp / "images", API_KEYS=KEY_ONE, API_KEYS_FILE=keys_file,
+                     LOG_LEVEL="DEBUG")  # fmt: skip
     with GunicornServer(env) as server:
         yield server
 
 
-def _sdk(server: GunicornServer, key: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=key, max_retries=0)
-
-
+@pytest.mark.slow
 @pytest.mark.parametrize("key", [KEY_ONE, KEY_TWO])
 def test_sdk_with_a_configured_key_generates(keyed: GunicornServer, key: str) -> None:
-    sdk = _sdk(keyed, key)
+    sdk = openai_client(keyed.base_url, key)
     result = sdk.images.generate(prompt="a key", extra_body=SMALL)
     # The image itself needs no key: its URL is unguessable.
     assert requests.get(result.data[0].url, timeout=10).status_code == 200
     assert [model.id for model in sdk.models.list()] == ["tiny-random"]
 
 
+@pytest.mark.slow
 def test_sdk_with_a_wrong_key_gets_401_invalid_api_key(keyed: GunicornServer) -> None:
     with pytest.raises(openai.AuthenticationError) as caught:
-        _sdk(keyed, WRONG_KEY).images.generate(prompt="x", extra_body=SMALL)
+        openai_client(keyed.base_url, WRONG_KEY).images.generate(prompt="x", extra_body=SMALL)
     assert caught.value.status_code == 401
     assert caught.value.body["code"] == "invalid_api_key"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "headers",
     [{}, {"Authorization": f"Basic {KEY_ONE}"}, {"Authorization": "Bearer "},
@@ -69,15 +71,16 @@ def test_missing_or_wrong_key_is_401_on_every_v1_endpoint(
         requests.get(f"{base}/v1/models", headers=headers, timeout=10),
         requests.get(f"{base}/v1/no-such-endpoint", headers=headers, timeout=10),
     ):  # fmt: skip
-        assert_openai_error(response.status_code, response.content, response.headers, 401,
-                            code="invalid_api_key")  # fmt: skip
+        assert_openai_error(response, 401, code="invalid_api_key")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", ["/healthz", "/readyz", "/metrics", "/openapi.json", "/"])
 def test_probes_metrics_and_docs_need_no_key(keyed: GunicornServer, path: str) -> None:
     assert requests.get(f"{keyed.base_url}{path}", timeout=10).status_code == 200
 
 
+@pytest.mark.slow
 def test_keys_never_appear_in_the_log(keyed: GunicornServer) -> None:
     ids = []
     for index, key in enumerate((KEY_ONE, KEY_TWO, WRONG_KEY, KEY_ONE[:-1])):
@@ -99,15 +102,14 @@ def metrics_keyed(model_cache: Path, tmp_path_factory: pytest.TempPathFactory) -
 def test_metrics_can_require_a_key(metrics_keyed: Flask) -> None:
     client = metrics_keyed.test_client()
     refused = client.get("/metrics")
-    assert_openai_error(refused.status_code, refused.data, refused.headers, 401,
-                        code="invalid_api_key")  # fmt: skip
+    assert_openai_error(refused, 401, code="invalid_api_key")
     assert client.get("/metrics", headers={"Authorization": f"Bearer {KEY_ONE}"}).status_code == 200
     assert client.get("/healthz").status_code == 200
     spec = client.get("/openapi.json").get_json()
     assert "401" in spec["paths"]["/metrics"]["get"]["responses"]
 
 
-def test_no_keys_means_open(client) -> None:  # noqa: ANN001 -- the session app has no keys
+def test_no_keys_means_open(client: FlaskClient) -> None:  # the session app has no keys
     assert client.get("/v1/models").status_code == 200
     spec = client.get("/openapi.json").get_json()
     assert "401" not in spec["paths"]["/v1/models"]["get"]["responses"]
@@ -129,6 +131,7 @@ def test_every_key_is_compared() -> None:
     assert not _is_valid(b"secon", keys) and not _is_valid(b"", keys)
 
 
+@pytest.mark.slow
 def test_openapi_documents_bearer_auth_when_keys_are_set(keyed: GunicornServer) -> None:
     spec = json.loads(requests.get(f"{keyed.base_url}/openapi.json", timeout=10).content)
     assert spec["components"]["securitySchemes"]["bearerAuth"]["scheme"] == "bearer"

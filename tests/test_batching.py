@@ -11,18 +11,19 @@ from __future__ import annotations
 
 import itertools
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 from flask import Flask
 from PIL import Image
 
 from app.engine.runner import call_pipeline
-from tests.conftest import b64_pixels, make_app
+from tests.support.apps import make_app
+from tests.support.client import generate
+from tests.support.images import b64_pixels, max_diff
+from tests.support.waiting import wait_until
 
 WAIT = 60.0  # upper bound for every wait; a healthy run never gets near it
 # Batched and unbatched pixels may differ by rounding in batched matmuls: on CPU in float32
@@ -30,6 +31,7 @@ WAIT = 60.0  # upper bound for every wait; a healthy run never gets near it
 # different requests differ by hundreds.
 TOLERANCE = 8
 HOLDER = {"prompt": "holder", "size": "128x128", "seed": 1}  # incompatible batch key
+TWO_STEPS = {"num_inference_steps": 2}
 
 
 class BatchSpy:
@@ -73,20 +75,6 @@ def alone(model_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Flask:
     return make_app(model_cache, tmp_path_factory.mktemp("alone"), MAX_CONCURRENT_GENERATIONS=1)
 
 
-def generate(app: Flask, **body: Any) -> dict[str, Any]:
-    body = {"response_format": "b64_json", "size": "64x64", "num_inference_steps": 2, **body}
-    response = app.test_client().post("/v1/images/generations", json=body)
-    assert response.status_code == 200, response.get_json()
-    return response.get_json()
-
-
-def wait_until(predicate: Callable[[], bool], what: str) -> None:
-    give_up = time.monotonic() + WAIT
-    while not predicate():
-        assert time.monotonic() < give_up, f"timed out waiting for {what}"
-        time.sleep(0.005)
-
-
 @pytest.fixture
 def spy(batched: Flask) -> Iterator[BatchSpy]:
     SPY.reset()
@@ -102,7 +90,7 @@ def run_batched(app: Flask, spy: BatchSpy, bodies: list[dict[str, Any]]) -> list
 
     def send(i: int, body: dict[str, Any]) -> None:
         try:
-            results[i] = generate(app, **body)
+            results[i] = generate(app.test_client(), **TWO_STEPS, **body)
         except BaseException as exc:  # noqa: BLE001 -- reported by the test thread
             errors.append(exc)
 
@@ -112,7 +100,7 @@ def run_batched(app: Flask, spy: BatchSpy, bodies: list[dict[str, Any]]) -> list
     for i, body in enumerate(bodies):
         threads.append(threading.Thread(target=send, args=(i, body), daemon=True))
         threads[-1].start()
-        wait_until(lambda n=i + 1: lane.queued_requests == n, f"request {i} to queue")
+        wait_until(lambda n=i + 1: lane.queued_requests == n, f"request {i} to queue", WAIT)
     spy.release.set()
     for thread in threads:
         thread.join(WAIT)
@@ -122,15 +110,15 @@ def run_batched(app: Flask, spy: BatchSpy, bodies: list[dict[str, Any]]) -> list
     return [results[i] for i in range(len(bodies))]
 
 
-def max_diff(a: np.ndarray, b: np.ndarray) -> int:
-    return int(np.abs(a.astype(int) - b.astype(int)).max())
-
-
 def assert_same_as_alone(
     alone: Flask, bodies: list[dict[str, Any]], responses: list[dict[str, Any]]
 ) -> int:
     """Assert each response matches its request run alone, and no other; return max diff."""
-    expected = [[b64_pixels(item) for item in generate(alone, **b)["data"]] for b in bodies]
+    client = alone.test_client()
+    expected = [
+        [b64_pixels(item) for item in generate(client, **TWO_STEPS, **body)["data"]]
+        for body in bodies
+    ]
     got = [[b64_pixels(item) for item in r["data"]] for r in responses]
     observed = 0
     for body, response, images, reference in zip(bodies, responses, got, expected, strict=True):

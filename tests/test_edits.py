@@ -1,4 +1,5 @@
-"""Edits, variations and streaming through the real server and the official openai SDK."""
+"""Edits, variations and streaming: through the real server and the official openai SDK
+(slow), and the upload checks in process."""
 
 from __future__ import annotations
 
@@ -15,47 +16,29 @@ from flask import Flask
 from PIL import Image
 
 from app.engine import Task
-from tests.conftest import assert_openai_error, pixels
+from tests.support.apps import make_app
+from tests.support.client import openai_client, post_generation_http
+from tests.support.errors import assert_openai_error
+from tests.support.images import opaque_png, pixels, sdk_pixels, striped_png
 
 STEPS = {"num_inference_steps": 4}
 
 
-def png(size: tuple[int, int] = (64, 64), hole: tuple[int, int, int, int] | None = None) -> bytes:
-    """A PNG of stripes; `hole` (left, top, right, bottom) is made fully transparent."""
-    image = Image.new("RGBA", size, (30, 120, 200, 255))
-    for x in range(0, size[0], 8):
-        for y in range(size[1]):
-            image.putpixel((x, y), (250, 250, 20, 255))
-    if hole:
-        image.paste((0, 0, 0, 0), hole)
-    buffer = io.BytesIO()
-    image.save(buffer, "PNG")
-    return buffer.getvalue()
-
-
-def opaque_png(size: tuple[int, int] = (64, 64)) -> bytes:
-    buffer = io.BytesIO()
-    Image.open(io.BytesIO(png(size))).convert("RGB").save(buffer, "PNG")
-    return buffer.getvalue()
-
-
 @pytest.fixture(scope="module")
 def sdk(server: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{server}/v1", api_key="unused", max_retries=0)
+    """The official OpenAI client pointed at the session's real server."""
+    return openai_client(server)
 
 
-def _decoded(result: openai.types.ImagesResponse) -> list[np.ndarray]:
-    return [pixels(base64.b64decode(item.b64_json)) for item in result.data]
-
-
+@pytest.mark.slow
 def test_sdk_edit_with_mask_repaints_only_the_transparent_area(sdk: openai.OpenAI) -> None:
     source = opaque_png()
-    mask = png(hole=(16, 16, 48, 48))
+    mask = striped_png(hole=(16, 16, 48, 48))
     result = sdk.images.edit(
         image=("in.png", source, "image/png"), mask=("mask.png", mask, "image/png"),
         prompt="a red door", response_format="b64_json", extra_body={**STEPS, "seed": 5},
     )  # fmt: skip
-    [edited] = _decoded(result)
+    [edited] = sdk_pixels(result)
     original = pixels(source)
     assert edited.shape == original.shape == (64, 64, 3)
     inside = np.abs(edited[20:44, 20:44].astype(int) - original[20:44, 20:44]).mean()
@@ -63,20 +46,22 @@ def test_sdk_edit_with_mask_repaints_only_the_transparent_area(sdk: openai.OpenA
     assert inside > outside  # the transparent area changed more than the kept area
 
 
+@pytest.mark.slow
 def test_sdk_edit_without_mask_is_image_to_image(sdk: openai.OpenAI) -> None:
     result = sdk.images.edit(
         image=("in.png", opaque_png((96, 64)), "image/png"), prompt="autumn",
         response_format="b64_json", extra_body={**STEPS, "seed": 9, "strength": 0.5},
     )  # fmt: skip
-    [edited] = _decoded(result)
+    [edited] = sdk_pixels(result)
     assert edited.shape == (64, 96, 3)  # the input's size, already a multiple of 16
     again = sdk.images.edit(
         image=("in.png", opaque_png((96, 64)), "image/png"), prompt="autumn",
         response_format="b64_json", extra_body={**STEPS, "seed": 9, "strength": 0.5},
     )  # fmt: skip
-    assert np.array_equal(edited, _decoded(again)[0])  # same seed, same image
+    assert np.array_equal(edited, sdk_pixels(again)[0])  # same seed, same image
 
 
+@pytest.mark.slow
 def test_sdk_edit_url_and_several_images(sdk: openai.OpenAI, server: str) -> None:
     result = sdk.images.edit(
         image=[("a.png", opaque_png(), "image/png"), ("b.png", opaque_png((80, 48)), "image/png")],
@@ -88,16 +73,18 @@ def test_sdk_edit_url_and_several_images(sdk: openai.OpenAI, server: str) -> Non
         assert requests.get(item.url, timeout=10).content.startswith(b"\x89PNG")
 
 
+@pytest.mark.slow
 def test_sdk_variations_n2(sdk: openai.OpenAI) -> None:
     result = sdk.images.create_variation(
         image=("in.png", opaque_png(), "image/png"), n=2, response_format="b64_json",
         extra_body={**STEPS, "seed": 11, "strength": 0.7},
     )  # fmt: skip
-    first, second = _decoded(result)
+    first, second = sdk_pixels(result)
     assert [item.seed for item in result.data] == [11, 12]
     assert not np.array_equal(first, second)
 
 
+@pytest.mark.slow
 def test_sdk_streams_two_partial_images_then_the_final_one(sdk: openai.OpenAI) -> None:
     stream = sdk.images.generate(
         prompt="a harbour", stream=True, partial_images=2, size="64x64",
@@ -116,23 +103,25 @@ def test_sdk_streams_two_partial_images_then_the_final_one(sdk: openai.OpenAI) -
     # The streamed final image is the image the same request gives without streaming.
     plain = sdk.images.generate(prompt="a harbour", size="64x64", response_format="b64_json",
                                 extra_body={"num_inference_steps": 6, "seed": 3})  # fmt: skip
-    assert np.array_equal(final, _decoded(plain)[0])
+    assert np.array_equal(final, sdk_pixels(plain)[0])
 
 
+@pytest.mark.slow
 def test_sdk_streams_an_edit_with_image_edit_events(sdk: openai.OpenAI) -> None:
     stream = sdk.images.edit(
-        image=("in.png", opaque_png(), "image/png"), mask=("m.png", png(hole=(0, 0, 32, 32)),
-        "image/png"), prompt="moss", stream=True, partial_images=1,
+        image=("in.png", opaque_png(), "image/png"),
+        mask=("m.png", striped_png(hole=(0, 0, 32, 32)), "image/png"),
+        prompt="moss", stream=True, partial_images=1,
         extra_body={"num_inference_steps": 6, "strength": 1.0},
     )  # fmt: skip
     types = [event.type for event in stream]
     assert types == ["image_edit.partial_image", "image_edit.completed"]
 
 
+@pytest.mark.slow
 def test_streaming_errors_before_admission_are_plain_http_errors(server: str) -> None:
-    response = requests.post(f"{server}/v1/images/generations", timeout=10,
-                             json={"prompt": "x", "stream": True, "n": 2})  # fmt: skip
-    assert_openai_error(response.status_code, response.content, response.headers, 400, param="n")
+    response = post_generation_http(server, {"prompt": "x", "stream": True, "n": 2})
+    assert_openai_error(response, 400, param="n")
 
 
 @pytest.mark.parametrize(
@@ -144,7 +133,7 @@ def test_streaming_errors_before_admission_are_plain_http_errors(server: str) ->
         ({"image": ("a.gif", b"GIF89a\x01\x00\x01\x00\x00\x00\x00;", "image/gif")},
          {"prompt": "x"}, 400, "image"),
         ({"image": ("a.png", opaque_png(), "image/png"),
-          "mask": ("m.png", png((32, 32), hole=(0, 0, 8, 8)), "image/png")},
+          "mask": ("m.png", striped_png((32, 32), hole=(0, 0, 8, 8)), "image/png")},
          {"prompt": "x"}, 400, "mask"),
         ({"image": ("a.png", opaque_png(), "image/png"),
           "mask": ("m.png", opaque_png(), "image/png")}, {"prompt": "x"}, 400, "mask"),
@@ -167,7 +156,7 @@ def test_bad_uploads_are_openai_errors_and_write_nothing(
                        for name, (filename, blob, mime) in files.items()}}  # fmt: skip
     response = app.test_client().post("/v1/images/edits", data=form,
                                       content_type="multipart/form-data")  # fmt: skip
-    assert_openai_error(response.status_code, response.data, response.headers, status, param=param)
+    assert_openai_error(response, status, param=param)
     assert set(image_dir.iterdir()) == before
 
 
@@ -178,25 +167,22 @@ def test_decompression_bomb_is_refused_before_decoding(app: Flask) -> None:
         "/v1/images/variations", content_type="multipart/form-data",
         data={"image": (io.BytesIO(bomb.getvalue()), "bomb.png", "image/png")},
     )  # fmt: skip
-    error = assert_openai_error(response.status_code, response.data, response.headers, 400,
-                                param="image")  # fmt: skip
+    error = assert_openai_error(response, 400, param="image")
     assert error["code"] in ("image_too_large", "invalid_image")
 
 
 def test_upload_over_the_limit_is_413(model_cache: Path, tmp_path: Path) -> None:
-    from tests.conftest import make_app
-
     small = make_app(model_cache, tmp_path, MAX_UPLOAD_BYTES=50_000)
     response = small.test_client().post(
         "/v1/images/edits", content_type="multipart/form-data",
         data={"prompt": "x", "image": (io.BytesIO(b"\x00" * 100_000), "big.png", "image/png")},
     )  # fmt: skip
-    assert_openai_error(response.status_code, response.data, response.headers, 413)
+    assert_openai_error(response, 413)
 
 
 def test_json_edit_is_415(app: Flask) -> None:
     response = app.test_client().post("/v1/images/edits", json={"prompt": "x"})
-    assert_openai_error(response.status_code, response.data, response.headers, 415)
+    assert_openai_error(response, 415)
 
 
 def test_edits_share_the_loaded_weights(app: Flask) -> None:
@@ -211,7 +197,7 @@ def test_edits_share_the_loaded_weights(app: Flask) -> None:
     response = app.test_client().post(
         "/v1/images/edits", content_type="multipart/form-data",
         data={"prompt": "x", "num_inference_steps": "2",
-              "image": (io.BytesIO(png(hole=(0, 0, 8, 8))), "a.png", "image/png")},
+              "image": (io.BytesIO(striped_png(hole=(0, 0, 8, 8))), "a.png", "image/png")},
     )  # fmt: skip
     assert response.status_code == 200, response.get_json()
     assert {name: id(c) for name, c in shared.components.items()} == modules_before

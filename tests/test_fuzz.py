@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import FAST
+from tests.support.apps import server_env
 from tests.support.gunicorn import GunicornServer
+
+pytestmark = pytest.mark.slow  # the fuzzer against a real Gunicorn process
 
 SCHEMATHESIS = shutil.which("schemathesis", path=str(Path(sys.executable).parent))
 KEY = "fuzz-key-3c9a41"
@@ -31,7 +33,7 @@ MIN_CASES = 300
 def test_schemathesis_finds_no_server_error_and_no_undocumented_response(
     model_cache: Path, tmp_path: Path
 ) -> None:
-    env = {**FAST, **LIMITS, "MODEL_CACHE_DIR": model_cache, "IMAGE_DIR": tmp_path / "images"}
+    env = server_env(model_cache, tmp_path / "images", **LIMITS)
     with GunicornServer(env) as server:
         command = [
             SCHEMATHESIS, "run", f"{server.base_url}/openapi.json",

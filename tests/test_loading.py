@@ -9,16 +9,20 @@ import openai
 import pytest
 import requests
 
-from tests.conftest import FAST, assert_openai_error
+from tests.support.apps import FAST, server_env
+from tests.support.client import openai_client
+from tests.support.errors import assert_openai_error
 from tests.support.gunicorn import GunicornServer
+
+pytestmark = pytest.mark.slow  # every test here starts a real Gunicorn process
 
 
 def test_slow_load_answers_503_and_is_never_killed_by_gunicorn(
     model_cache: Path, tmp_path: Path
 ) -> None:
     # The load takes over twice Gunicorn's worker timeout (which must still cover booting).
-    env = {**FAST, "MODEL_CACHE_DIR": model_cache, "IMAGE_DIR": tmp_path,
-           "GUNICORN_TIMEOUT": 5, "TEST_LOAD_DELAY": 12, "LOAD_RETRY_AFTER_SECONDS": 3}  # fmt: skip
+    env = server_env(model_cache, tmp_path, GUNICORN_TIMEOUT=5, TEST_LOAD_DELAY=12,
+                     LOAD_RETRY_AFTER_SECONDS=3)  # fmt: skip
     server = GunicornServer(env, app="tests.slow_wsgi:app").start(wait_ready=False)
     try:
         url = server.base_url
@@ -34,8 +38,7 @@ def test_slow_load_answers_503_and_is_never_killed_by_gunicorn(
         ready = requests.get(f"{url}/readyz", timeout=30)
         assert ready.status_code == 503 and ready.json()["reason"] == "model is loading"
         response = requests.post(f"{url}/v1/images/generations", json={"prompt": "x"}, timeout=30)
-        assert_openai_error(response.status_code, response.content, response.headers, 503,
-                            code="model_loading")  # fmt: skip
+        assert_openai_error(response, 503, code="model_loading")
         assert response.headers["Retry-After"] == "3"
         server.wait_ready()
         generated = requests.post(f"{url}/v1/images/generations", json={"prompt": "x"}, timeout=60)
@@ -62,7 +65,7 @@ def test_load_failure_answers_503_saying_what_to_set(model_cache: Path, tmp_path
             assert time.monotonic() < deadline, server.log()
             time.sleep(0.2)
         assert ready.status_code == 503 and "MODEL_ID" in ready.json()["reason"]
-        sdk = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="x", max_retries=0)
+        sdk = openai_client(server.base_url)
         with pytest.raises(openai.InternalServerError) as caught:
             sdk.images.generate(prompt="a kitten")
         assert caught.value.status_code == 503

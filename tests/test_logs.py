@@ -13,7 +13,9 @@ import pytest
 import requests
 from flask import Flask
 
-from tests.conftest import FAST, assert_openai_error
+from tests.support.apps import server_env
+from tests.support.client import GENERATIONS, post_generation_http
+from tests.support.errors import assert_openai_error
 from tests.support.gunicorn import GunicornServer
 
 SMALL = {"size": "64x64", "num_inference_steps": 1}
@@ -24,8 +26,7 @@ def json_server(
     model_cache: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[GunicornServer]:
     """The faulty test app (injected pipeline errors) under Gunicorn with LOG_FORMAT=json."""
-    env = {**FAST, "MODEL_CACHE_DIR": model_cache, "LOG_FORMAT": "json",
-           "IMAGE_DIR": tmp_path_factory.mktemp("json-logs")}  # fmt: skip
+    env = server_env(model_cache, tmp_path_factory.mktemp("json-logs"), LOG_FORMAT="json")
     with GunicornServer(env, app="tests.faulty_wsgi:app") as server:
         yield server
 
@@ -55,6 +56,7 @@ def _access(server: GunicornServer, request_id: str) -> dict[str, Any]:
     return line
 
 
+@pytest.mark.slow
 def test_every_line_is_json_and_gunicorn_logs_no_access_lines_of_its_own(
     json_server: GunicornServer,
 ) -> None:
@@ -65,10 +67,11 @@ def test_every_line_is_json_and_gunicorn_logs_no_access_lines_of_its_own(
     assert 'HTTP/1.1" 200' not in json_server.log()  # Gunicorn's access format
 
 
+@pytest.mark.slow
 def test_access_line_has_id_status_latency_queue_wait_and_images(
     json_server: GunicornServer,
 ) -> None:
-    response = requests.post(f"{json_server.base_url}/v1/images/generations",
+    response = requests.post(f"{json_server.base_url}{GENERATIONS}",
                              json={"prompt": "logged", "n": 2, **SMALL},
                              headers={"x-request-id": "client-id-42"}, timeout=60)  # fmt: skip
     assert response.status_code == 200 and response.headers["x-request-id"] == "client-id-42"
@@ -79,20 +82,19 @@ def test_access_line_has_id_status_latency_queue_wait_and_images(
     assert line["remote_addr"] == "127.0.0.1" and line["level"] == "INFO"
 
 
+@pytest.mark.slow
 def test_refused_request_is_logged_with_no_images(json_server: GunicornServer) -> None:
-    response = requests.post(f"{json_server.base_url}/v1/images/generations",
-                             json={"prompt": "x", "n": 0}, timeout=10)  # fmt: skip
+    response = post_generation_http(json_server.base_url, {"prompt": "x", "n": 0})
     line = _access(json_server, response.headers["x-request-id"])
     assert line["status"] == 400 and line["images"] == 0 and line["queue_wait_ms"] is None
 
 
+@pytest.mark.slow
 def test_error_is_logged_with_traceback_and_request_id_never_returned(
     json_server: GunicornServer,
 ) -> None:
-    response = requests.post(f"{json_server.base_url}/v1/images/generations",
-                             json={"prompt": "inject:error", **SMALL}, timeout=60)  # fmt: skip
-    error = assert_openai_error(response.status_code, response.content, response.headers, 500,
-                                code="generation_failed")  # fmt: skip
+    response = post_generation_http(json_server.base_url, {"prompt": "inject:error", **SMALL})
+    error = assert_openai_error(response, 500, code="generation_failed")
     assert "boom" not in error["message"]
     request_id = response.headers["x-request-id"]
     [logged] = [e for e in _lines(json_server.log()) if e["level"] == "ERROR"
@@ -102,6 +104,7 @@ def test_error_is_logged_with_traceback_and_request_id_never_returned(
     assert _access(json_server, request_id)["status"] == 500
 
 
+@pytest.mark.slow
 def test_path_cannot_forge_a_log_line(json_server: GunicornServer) -> None:
     response = requests.get(f"{json_server.base_url}/nothing%0d%0aforged%20line%22", timeout=10)
     line = _access(json_server, response.headers["x-request-id"])
@@ -115,7 +118,7 @@ def test_text_access_line_is_one_readable_line(
     client = app.test_client()
     with caplog.at_level(logging.INFO, logger="app.access"):
         client.get("/healthz%0d%0aforged", headers={"x-request-id": "text-line"}).close()
-        with client.post("/v1/images/generations", json={"prompt": "t", **SMALL}) as response:
+        with client.post(GENERATIONS, json={"prompt": "t", **SMALL}) as response:
             request_id = response.headers["x-request-id"]
     first, second = (r for r in caplog.records if r.name == "app.access")
     assert first.request_id == "text-line"

@@ -9,17 +9,21 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import openai
 import pytest
 import requests
 
-from tests.conftest import FAST, assert_openai_error
+from tests.support.apps import server_env
+from tests.support.client import get_raw_path, openai_client
+from tests.support.errors import assert_openai_error
 from tests.support.gunicorn import ROOT, GunicornServer, free_port
 
 NGINX = shutil.which("nginx") or next(
     (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if Path(p).exists()), None
 )
-pytestmark = pytest.mark.skipif(NGINX is None, reason="nginx is missing (.ci/run installs it)")
+pytestmark = [
+    pytest.mark.slow,  # starts nginx and Gunicorn
+    pytest.mark.skipif(NGINX is None, reason="nginx is missing (.ci/run installs it)"),
+]
 
 SMALL = {"size": "64x64", "num_inference_steps": 1}
 
@@ -105,15 +109,17 @@ def stack(
 ) -> Iterator[tuple[Nginx, GunicornServer]]:
     """Gunicorn with TRUSTED_PROXIES=1, and nginx in front of it."""
     image_dir = tmp_path_factory.mktemp("nginx-images")
-    env = {**FAST, "MODEL_CACHE_DIR": model_cache, "IMAGE_DIR": image_dir, "TRUSTED_PROXIES": 1}
+    env = server_env(model_cache, image_dir, TRUSTED_PROXIES=1)
     with GunicornServer(env) as gunicorn:
         with Nginx(tmp_path_factory.mktemp("nginx"), gunicorn.port, image_dir) as nginx:
             yield nginx, gunicorn
 
 
-def test_image_generated_through_nginx_is_served_by_nginx(stack) -> None:  # noqa: ANN001
+def test_image_generated_through_nginx_is_served_by_nginx(
+    stack: tuple[Nginx, GunicornServer],
+) -> None:
     nginx, gunicorn = stack
-    sdk = openai.OpenAI(base_url=f"{nginx.base_url}/v1", api_key="unused", max_retries=0)
+    sdk = openai_client(nginx.base_url)
     result = sdk.images.generate(prompt="a lighthouse", extra_body=SMALL)
     url = result.data[0].url
     # The URL was built by the app from nginx's X-Forwarded-* headers: it points at nginx.
@@ -131,7 +137,9 @@ def test_image_generated_through_nginx_is_served_by_nginx(stack) -> None:  # noq
     assert name not in log
 
 
-def test_unknown_or_traversing_image_paths_are_404_from_nginx(stack) -> None:  # noqa: ANN001
+def test_unknown_or_traversing_image_paths_are_404_from_nginx(
+    stack: tuple[Nginx, GunicornServer],
+) -> None:
     nginx, _ = stack
     paths = [
         "/static/images/" + "0" * 32 + ".png",
@@ -142,15 +150,14 @@ def test_unknown_or_traversing_image_paths_are_404_from_nginx(stack) -> None:  #
         "/static/%2e%2e/app/config.py",
     ]
     for path in paths:
-        with requests.Session() as session:
-            prepared = requests.Request("GET", nginx.base_url + "/").prepare()
-            prepared.url = nginx.base_url + path  # sent as is, not normalised by the client
-            response = session.send(prepared, timeout=10)
-        assert_openai_error(response.status_code, response.content, response.headers, 404)
+        response = get_raw_path(nginx.base_url, path)
+        assert_openai_error(response, 404)
         assert b"import" not in response.content
 
 
-def test_oversized_bodies_get_nginx_413_in_openai_shape(stack) -> None:  # noqa: ANN001
+def test_oversized_bodies_get_nginx_413_in_openai_shape(
+    stack: tuple[Nginx, GunicornServer],
+) -> None:
     nginx, gunicorn = stack
     url = f"{nginx.base_url}/v1/images/generations"
     json_body = json.dumps({"prompt": "x" * (2 * 1024 * 1024)})
@@ -161,14 +168,13 @@ def test_oversized_bodies_get_nginx_413_in_openai_shape(stack) -> None:  # noqa:
     ):
         headers = {**kwargs.pop("headers", {}), "x-request-id": request_id}
         response = requests.post(url, headers=headers, timeout=30, **kwargs)
-        assert_openai_error(response.status_code, response.content, response.headers, 413,
-                            code="request_too_large")  # fmt: skip
+        assert_openai_error(response, 413, code="request_too_large")
         assert response.headers["Server"] == "nginx"
         assert response.headers["x-request-id"] == request_id
         assert request_id not in gunicorn.log()  # refused before reaching Gunicorn
 
 
-def test_request_id_and_streaming_pass_through_nginx(stack) -> None:  # noqa: ANN001
+def test_request_id_and_streaming_pass_through_nginx(stack: tuple[Nginx, GunicornServer]) -> None:
     nginx, gunicorn = stack
     url = f"{nginx.base_url}/v1/images/generations"
     body = {"prompt": "stream", "stream": True, "response_format": "b64_json", **SMALL}

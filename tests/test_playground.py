@@ -20,7 +20,8 @@ import pytest
 import requests
 from PIL import Image
 
-from tests.conftest import FAST
+from tests.support.apps import server_env
+from tests.support.client import post_generation_http
 from tests.support.gunicorn import ROOT, GunicornServer
 
 try:
@@ -44,14 +45,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # The CPU is slow and shared: wait long for anything the server does.
 TIMEOUT_MS = 120_000
 
-
-@pytest.fixture(scope="module")
-def base_url(model_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The real server on the tiny model, for this module alone."""
-    image_dir = tmp_path_factory.mktemp("playground-images")
-    env = {**FAST, "MODEL_CACHE_DIR": str(model_cache), "IMAGE_DIR": str(image_dir)}
-    with GunicornServer(env) as server:
-        yield server.base_url
+pytestmark = pytest.mark.slow  # a real browser against the real Gunicorn server
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +66,7 @@ def browser(playwright: Playwright) -> Iterator[Browser]:
 
 
 @contextmanager
-def open_playground(browser: Browser, base_url: str) -> Iterator[Page]:
+def open_playground(browser: Browser, server: str) -> Iterator[Page]:
     """Open the playground in a fresh context (own storage) once the page shows readiness.
 
     Any script error in the page fails the test.
@@ -82,7 +76,7 @@ def open_playground(browser: Browser, base_url: str) -> Iterator[Page]:
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))
-    page.goto(f"{base_url}/")
+    page.goto(f"{server}/")
     expect(page.locator("#readiness")).to_have_attribute("data-state", "ready", timeout=TIMEOUT_MS)
     yield page
     context.close()
@@ -90,8 +84,8 @@ def open_playground(browser: Browser, base_url: str) -> Iterator[Page]:
 
 
 @pytest.fixture
-def page(browser: Browser, base_url: str) -> Iterator[Page]:
-    with open_playground(browser, base_url) as page:
+def page(browser: Browser, server: str) -> Iterator[Page]:
+    with open_playground(browser, server) as page:
         yield page
 
 
@@ -100,10 +94,10 @@ def screenshot(page: Page, name: str) -> None:
     page.screenshot(path=str(ARTIFACTS / name), full_page=True)
 
 
-def server_streams(base_url: str) -> bool:
+def server_streams(server: str) -> bool:
     """Ask the server directly whether generations stream (text/event-stream)."""
     body = {"prompt": "probe", "size": "64x64", "num_inference_steps": 1, "stream": True}
-    response = requests.post(f"{base_url}/v1/images/generations", json=body, timeout=120)
+    response = post_generation_http(server, body, timeout=120)
     return response.ok and response.headers["Content-Type"].startswith("text/event-stream")
 
 
@@ -132,17 +126,17 @@ def check_final_card(card: Any) -> tuple[str, int]:
     return src, seed
 
 
-def test_page_and_assets_are_served(base_url: str) -> None:
-    page = requests.get(f"{base_url}/", timeout=30)
+def test_page_and_assets_are_served(server: str) -> None:
+    page = requests.get(f"{server}/", timeout=30)
     assert page.status_code == 200
     assert page.headers["Content-Type"].startswith("text/html")
     for asset in re.findall(r'(?:src|href)="(/static/[^"]+)"', page.text):
-        response = requests.get(f"{base_url}{asset}", timeout=30)
+        response = requests.get(f"{server}{asset}", timeout=30)
         assert response.status_code == 200, asset
     assert "/static/playground.js" in page.text and "/static/playground.css" in page.text
 
 
-def test_generating_shows_images_with_seeds_and_download_links(page: Page, base_url: str) -> None:
+def test_generating_shows_images_with_seeds_and_download_links(page: Page, server: str) -> None:
     expect(page.locator("#model-id")).to_have_text("tiny-random")
     expect(page.locator("#empty")).to_be_visible()
 
@@ -156,7 +150,7 @@ def test_generating_shows_images_with_seeds_and_download_links(page: Page, base_
     seeds = []
     for index in range(2):
         src, seed = check_final_card(final_cards(page).nth(index))
-        assert src.startswith(f"{base_url}/static/images/"), src
+        assert src.startswith(f"{server}/static/images/"), src
         image = requests.get(src, timeout=30)
         assert image.status_code == 200 and image.content.startswith(PNG_MAGIC)
         seeds.append(seed)
@@ -171,8 +165,8 @@ def test_generating_shows_images_with_seeds_and_download_links(page: Page, base_
     screenshot(page, "playground-dark.png")
 
 
-def test_live_preview_shows_partial_images_before_the_final_one(page: Page, base_url: str) -> None:
-    streams = server_streams(base_url)
+def test_live_preview_shows_partial_images_before_the_final_one(page: Page, server: str) -> None:
+    streams = server_streams(server)
     expect(page.locator("#stream")).to_be_checked()
     fill_generation(page, "a red bicycle leaning on a wall", n=1)
     page.keyboard.press("Control+Enter")  # submits from anywhere in the form
@@ -182,7 +176,7 @@ def test_live_preview_shows_partial_images_before_the_final_one(page: Page, base
     expect(page.locator("#error")).to_be_hidden()
     if not streams:
         # The page asked for a stream, got the 400 on `stream`, and asked again without.
-        assert src.startswith(f"{base_url}/static/images/"), src
+        assert src.startswith(f"{server}/static/images/"), src
         pytest.skip(
             "the server does not stream yet (stream=true is a 400): checked the page's "
             "fallback to a plain request, not the partial images"
@@ -192,10 +186,10 @@ def test_live_preview_shows_partial_images_before_the_final_one(page: Page, base
     assert base64.b64decode(src.split(",", 1)[1]).startswith(PNG_MAGIC)
 
 
-def test_server_errors_are_shown_in_plain_words(page: Page, base_url: str) -> None:
+def test_server_errors_are_shown_in_plain_words(page: Page, server: str) -> None:
     # What the server says about this request, asked directly.
     body = {"prompt": "too many steps", "size": "64x64", "num_inference_steps": 1000}
-    answer = requests.post(f"{base_url}/v1/images/generations", json=body, timeout=60)
+    answer = post_generation_http(server, body, timeout=60)
     assert answer.status_code == 400
     message = answer.json()["error"]["message"]
 
@@ -236,9 +230,9 @@ SENT_FILE = """async (name) => {
 
 
 def test_editing_an_uploaded_image_with_a_painted_mask(
-    page: Page, base_url: str, tmp_path: Path
+    page: Page, server: str, tmp_path: Path
 ) -> None:
-    probe = requests.post(f"{base_url}/v1/images/edits", timeout=30)
+    probe = requests.post(f"{server}/v1/images/edits", timeout=30)
     if probe.status_code == 404:
         pytest.skip("POST /v1/images/edits does not exist on this server yet (404)")
 
@@ -285,12 +279,7 @@ def test_a_server_with_api_keys_gets_the_key_from_the_page(
     browser: Browser, model_cache: Path, tmp_path: Path
 ) -> None:
     key = "playground-test-key"
-    env = {
-        **FAST,
-        "MODEL_CACHE_DIR": str(model_cache),
-        "IMAGE_DIR": str(tmp_path / "images"),
-        "API_KEYS": key,
-    }
+    env = server_env(model_cache, tmp_path / "images", API_KEYS=key)
     with GunicornServer(env) as server, open_playground(browser, server.base_url) as page:
         # GET /v1/models answered 401: the page asks for a key.
         expect(page.locator("#api-key-bar")).to_be_visible()

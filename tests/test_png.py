@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app import create_app
 from app.images import ImageEncoder
 from app.png import MIN_PIECE_BYTES, encode_png
-from tests.conftest import FAST, make_app
+from tests.support.apps import idle_app, make_app
+from tests.support.client import generate
 
 
 @pytest.fixture(scope="module")
@@ -189,16 +189,34 @@ def test_higher_levels_make_smaller_files_of_the_same_pixels(pool: ThreadPoolExe
 
 @pytest.mark.parametrize("setting, value", [("PNG_COMPRESS_LEVEL", 10), ("ENCODE_THREADS", -1)])
 def test_out_of_range_encoder_settings_stop_the_app(
-    model_cache: Path, tmp_path: Path, setting: str, value: int
+    tmp_path: Path, setting: str, value: int
 ) -> None:
-    config = {**FAST, "MODEL_CACHE_DIR": str(model_cache), "IMAGE_DIR": str(tmp_path)}
     with pytest.raises(ValueError, match=setting):
-        create_app({**config, setting: value}, load_model=False)
+        idle_app(tmp_path, **{setting: value})
 
 
-def test_encoder_uses_the_usable_cpus_when_not_told() -> None:
-    assert ImageEncoder().threads == min(8, len(os.sched_getaffinity(0)))
-    assert ImageEncoder(threads=3).threads == 3
+def test_the_automatic_encoder_writes_exact_pngs_in_pieces_when_cpus_allow() -> None:
+    # ENCODE_THREADS=0 (the default) deflates on the usable CPUs: with one CPU the
+    # image is one zlib stream, with several it is deflated in pieces.
+    image = Image.fromarray(photo_like(300, 300, 3))
+    blob = ImageEncoder().encode(image, "png", 100, {})
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(blob))), np.asarray(image))
+    split = idat(blob) != idat(encode_png(image, level=1))
+    assert split == (len(os.sched_getaffinity(0)) > 1)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_served_pngs_are_deflated_in_encode_threads_pieces(
+    model_cache: Path, tmp_path: Path, pool: ThreadPoolExecutor, threads: int
+) -> None:
+    # 256x256 RGB is three pieces' worth of rows, so each setting gives its own stream.
+    app = make_app(model_cache, tmp_path, ENCODE_THREADS=threads, PNG_COMPRESS_LEVEL=1)
+    body = generate(app.test_client(), size="256x256", seed=3)
+    blob = base64.b64decode(body["data"][0]["b64_json"])
+    decoded = Image.open(io.BytesIO(blob))
+    streams = {n: idat(encode_png(decoded, level=1, pool=pool, pieces=n)) for n in (1, 2, 3)}
+    assert len(set(streams.values())) == 3
+    assert idat(blob) == streams[threads]
 
 
 def test_served_pngs_follow_png_compress_level(model_cache: Path, tmp_path: Path) -> None:
@@ -206,9 +224,8 @@ def test_served_pngs_follow_png_compress_level(model_cache: Path, tmp_path: Path
     files = {}
     for level in (0, 9):
         app = make_app(model_cache, tmp_path / str(level), PNG_COMPRESS_LEVEL=level)
-        response = app.test_client().post("/v1/images/generations", json=body)
-        assert response.status_code == 200
-        files[level] = base64.b64decode(response.get_json()["data"][0]["b64_json"])
+        response = generate(app.test_client(), **body)
+        files[level] = base64.b64decode(response["data"][0]["b64_json"])
     pixels = [np.asarray(Image.open(io.BytesIO(blob))) for blob in files.values()]
     assert np.array_equal(pixels[0], pixels[1])
     assert len(files[0]) > len(files[9])

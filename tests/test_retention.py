@@ -1,4 +1,4 @@
-"""Image retention: TTL, the size cap, the background sweeper and the cron command."""
+"""Image retention: TTL, the size cap, the background sweeper and the cron command (slow)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,10 @@ import pytest
 from flask import Flask
 
 from app.retention import sweep
-from tests.conftest import FAST, make_app
+from tests.support.apps import FAST, make_app
+from tests.support.client import GENERATIONS
 from tests.support.gunicorn import ROOT
+from tests.support.waiting import wait_until
 
 SMALL = {"size": "64x64", "num_inference_steps": 1}
 HOUR = 3600
@@ -26,13 +28,6 @@ def _image(directory: Path, index: int, age: float, size: int = 100) -> Path:
     stamp = time.time() - age
     os.utime(path, (stamp, stamp))
     return path
-
-
-def _wait_for(condition, what: str, timeout: float = 30) -> None:  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def test_sweep_removes_expired_images_and_never_touches_other_files(tmp_path: Path) -> None:
@@ -68,7 +63,7 @@ def slow_sweeper(model_cache: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
 def test_expired_url_is_404_even_before_the_sweeper_removes_the_file(slow_sweeper: Flask) -> None:
     client = slow_sweeper.test_client()
-    body = client.post("/v1/images/generations", json={"prompt": "x", **SMALL}).json
+    body = client.post(GENERATIONS, json={"prompt": "x", **SMALL}).json
     path = body["data"][0]["url"].removeprefix("http://localhost")
     assert client.get(path).status_code == 200
     file = Path(slow_sweeper.config["IMAGE_DIR"]) / path.rsplit("/", 1)[1]
@@ -86,9 +81,9 @@ def test_short_ttl_images_expire_and_the_worker_sweeper_deletes_them(
     app = make_app(model_cache, tmp_path, IMAGE_TTL_SECONDS=1)
     try:
         client = app.test_client()
-        body = client.post("/v1/images/generations", json={"prompt": "x", "n": 2, **SMALL}).json
+        body = client.post(GENERATIONS, json={"prompt": "x", "n": 2, **SMALL}).json
         names = [item["url"].rsplit("/", 1)[1] for item in body["data"]]
-        _wait_for(lambda: not any((tmp_path / name).exists() for name in names), "the sweeper")
+        wait_until(lambda: not any((tmp_path / name).exists() for name in names), "the sweeper")
         for name in names:
             assert client.get(f"/static/images/{name}").status_code == 404
     finally:
@@ -100,15 +95,16 @@ def test_the_sweeper_keeps_the_store_under_its_cap(model_cache: Path, tmp_path: 
     app = make_app(model_cache, tmp_path, IMAGE_STORE_MAX_BYTES=10_000,
                    IMAGE_SWEEP_INTERVAL_SECONDS=0.1)  # fmt: skip
     try:
-        _wait_for(lambda: not images[0].exists(), "eviction")
+        wait_until(lambda: not images[0].exists(), "eviction")
         assert images[1].exists() and images[2].exists()  # 8000 bytes: under the cap
         images.append(_image(tmp_path, 3, age=0, size=4000))
-        _wait_for(lambda: not images[1].exists(), "eviction of the next oldest")
+        wait_until(lambda: not images[1].exists(), "eviction of the next oldest")
         assert images[2].exists() and images[3].exists()
     finally:
         app.extensions["image_sweeper"].stop()
 
 
+@pytest.mark.slow
 def test_cleanup_command_for_cron_runs_without_loading_the_model(tmp_path: Path) -> None:
     expired, fresh = _image(tmp_path, 1, 2 * HOUR), _image(tmp_path, 2, 10)
     settings = {**FAST, "IMAGE_DIR": tmp_path, "IMAGE_TTL_SECONDS": HOUR,

@@ -1,4 +1,5 @@
-"""Security, black-box against the real Gunicorn server: paths, body sizes, headers, CORS."""
+"""Security: paths, body sizes and headers black-box against the real Gunicorn server (slow);
+CORS and the leak watch in process."""
 
 from __future__ import annotations
 
@@ -10,12 +11,15 @@ import pytest
 import requests
 from flask import Flask
 
-from tests.conftest import assert_openai_error, make_app
-from tests.leaks import ResponseWatch, leak_in
+from tests.support.apps import make_app
+from tests.support.client import get_raw_path
+from tests.support.errors import assert_openai_error
+from tests.support.leaks import ResponseWatch, leak_in
 
 FRESH_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "path",
     [
@@ -35,29 +39,26 @@ FRESH_ID = re.compile(r"^[0-9a-f]{32}$")
     ],
 )
 def test_static_path_traversal_raw_and_encoded_is_404(server: str, path: str) -> None:
-    with requests.Session() as session:
-        prepared = requests.Request("GET", server + "/").prepare()
-        prepared.url = server + path  # sent as is: no client-side normalisation
-        response = session.send(prepared, timeout=10)
-    assert_openai_error(response.status_code, response.content, response.headers, 404)
+    response = get_raw_path(server, path)
+    assert_openai_error(response, 404)
     assert b"root:" not in response.content and b"import" not in response.content
 
 
+@pytest.mark.slow
 def test_oversized_json_body_is_413(server: str) -> None:
     body = b'{"prompt": "' + b"x" * (1024 * 1024 + 1) + b'"}'
     response = requests.post(f"{server}/v1/images/generations", data=body,
                              headers={"Content-Type": "application/json"}, timeout=30)  # fmt: skip
-    assert_openai_error(response.status_code, response.content, response.headers, 413,
-                        code="request_too_large")  # fmt: skip
+    assert_openai_error(response, 413, code="request_too_large")
 
 
+@pytest.mark.slow
 def test_oversized_multipart_body_is_413(server: str) -> None:
     # Over MAX_UPLOAD_BYTES (25 MiB by default), the limit of the endpoints that take files.
     files = {"image": ("big.png", b"\x89PNG" + b"\0" * (25 * 1024 * 1024), "image/png")}
     response = requests.post(f"{server}/v1/images/edits", files=files,
                              data={"prompt": "x"}, timeout=30)  # fmt: skip
-    assert_openai_error(response.status_code, response.content, response.headers, 413,
-                        code="request_too_large")  # fmt: skip
+    assert_openai_error(response, 413, code="request_too_large")
 
 
 def _raw_get(server: str, request_id: bytes) -> tuple[bytes, dict[bytes, list[bytes]]]:
@@ -77,6 +78,7 @@ def _raw_get(server: str, request_id: bytes) -> tuple[bytes, dict[bytes, list[by
     return status, headers
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "request_id",
     [
@@ -96,6 +98,7 @@ def test_malformed_request_id_is_replaced_never_echoed(server: str, request_id: 
     assert FRESH_ID.match(echoed.decode()), echoed
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "request_id",
     [b"abc\rSet-Cookie: evil=1", b"abc\nSet-Cookie: evil=1", b"abc\r\n Set-Cookie: evil=1",
@@ -109,6 +112,7 @@ def test_request_id_with_bare_cr_lf_or_nul_is_refused_without_injection(
     assert b"set-cookie" not in headers
 
 
+@pytest.mark.slow
 def test_crlf_in_request_id_only_ends_the_header(server: str) -> None:
     # CRLF ends the header line: "Set-Cookie" arrives as a request header of its own and
     # never becomes a response header; the well-formed part before it is kept.
@@ -118,6 +122,7 @@ def test_crlf_in_request_id_only_ends_the_header(server: str) -> None:
     assert headers[b"x-request-id"] == [b"abc"]
 
 
+@pytest.mark.slow
 def test_cors_is_off_by_default(server: str) -> None:
     origin = {"Origin": "https://evil.example"}
     response = requests.get(f"{server}/v1/models", headers=origin, timeout=10)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import shutil
 import subprocess
@@ -14,8 +13,13 @@ import openai
 import pytest
 import requests
 
-from tests.conftest import FAST, assert_openai_error, b64_pixels, pixels
+from tests.support.apps import server_env
+from tests.support.client import get_raw_path, openai_client, post_generation_http
+from tests.support.errors import assert_openai_error
 from tests.support.gunicorn import GunicornServer
+from tests.support.images import b64_pixels, sdk_pixels
+
+pytestmark = pytest.mark.slow  # every test here talks to a real Gunicorn process
 
 SMALL = {"size": "64x64", "num_inference_steps": 2}
 
@@ -23,7 +27,7 @@ SMALL = {"size": "64x64", "num_inference_steps": 2}
 @pytest.fixture(scope="module")
 def sdk(server: str) -> openai.OpenAI:
     """The official OpenAI client pointed at the server."""
-    return openai.OpenAI(base_url=f"{server}/v1", api_key="unused", max_retries=0)
+    return openai_client(server)
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
@@ -55,7 +59,7 @@ def test_sdk_generate_b64_json_n2_with_sizes(sdk: openai.OpenAI) -> None:
         extra_body={"num_inference_steps": 2, "seed": 42},
     )  # fmt: skip
     assert len(result.data) == 2
-    images = [pixels(base64.b64decode(item.b64_json)) for item in result.data]
+    images = sdk_pixels(result)
     assert all(image.shape == (64, 128, 3) for image in images)
     assert not np.array_equal(images[0], images[1])
     assert result.size == "128x64"
@@ -65,7 +69,7 @@ def test_sdk_same_seed_gives_same_image(sdk: openai.OpenAI) -> None:
     def generate(seed: int) -> np.ndarray:
         result = sdk.images.generate(prompt="a fox", response_format="b64_json",
                                      extra_body={**SMALL, "seed": seed})  # fmt: skip
-        return pixels(base64.b64decode(result.data[0].b64_json))
+        return sdk_pixels(result)[0]
 
     assert np.array_equal(generate(7), generate(7))
     assert not np.array_equal(generate(7), generate(8))
@@ -94,7 +98,7 @@ def test_errors_from_the_server_are_openai_shaped(server: str) -> None:
         (requests.post(url, json={"prompt": "x" * 2_000_000}), 413),
     ]
     for response, status in cases:
-        assert_openai_error(response.status_code, response.content, response.headers, status)
+        assert_openai_error(response, status)
 
 
 @pytest.mark.parametrize(
@@ -104,11 +108,7 @@ def test_errors_from_the_server_are_openai_shaped(server: str) -> None:
      "/static/images/.gitkeep", "//etc/passwd", "/static//etc/passwd"],
 )  # fmt: skip
 def test_static_never_serves_outside_the_image_directory(server: str, path: str) -> None:
-    # Sent raw (curl --path-as-is semantics): no client-side normalisation of the path.
-    with requests.Session() as session:
-        prepared = requests.Request("GET", server + "/").prepare()
-        prepared.url = server + path
-        response = session.send(prepared, timeout=10)
+    response = get_raw_path(server, path)
     assert response.status_code == 404, response.text
     assert b"import" not in response.content and b"root:" not in response.content
 
@@ -116,14 +116,12 @@ def test_static_never_serves_outside_the_image_directory(server: str, path: str)
 def test_sixteen_concurrent_http_requests_match_their_seeds_alone(
     model_cache: Path, tmp_path: Path
 ) -> None:
-    env = {**FAST, "MODEL_CACHE_DIR": model_cache, "IMAGE_DIR": tmp_path,
-           "MAX_CONCURRENT_GENERATIONS": 0, "GUNICORN_THREADS": 32}  # fmt: skip
+    env = server_env(model_cache, tmp_path, MAX_CONCURRENT_GENERATIONS=0, GUNICORN_THREADS=32)
     with GunicornServer(env) as running:
-        url = f"{running.base_url}/v1/images/generations"
 
         def generate(seed: int) -> np.ndarray:
             body = {"prompt": "same prompt", "seed": seed, "response_format": "b64_json", **SMALL}
-            response = requests.post(url, json=body, timeout=300)
+            response = post_generation_http(running.base_url, body)
             assert response.status_code == 200, response.text
             return b64_pixels(response.json()["data"][0])
 
