@@ -17,20 +17,18 @@ import pytest
 
 from app.exceptions import DeadlineExceeded, Draining, Overloaded
 from app.lane import BatchRunner, Job, Lane
+from tests.support import waiting
 
 WAIT = 10.0  # upper bound for every wait; a healthy run never gets near it
 
 
-def wait_until(predicate: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
-    """Poll `predicate` until it holds, failing the test after `timeout` seconds."""
-    give_up = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < give_up, f"timed out waiting for {what}"
-        time.sleep(0.002)
+def wait_until(predicate: Callable[[], bool], what: str) -> None:
+    """Poll `predicate` closely (lane steps take milliseconds) for at most WAIT seconds."""
+    waiting.wait_until(predicate, what, timeout=WAIT, interval=0.002)
 
 
-def job(payload: Any, images: int = 1, key: Hashable = None, timeout: float = 30.0) -> Job:
-    return Job(payload, images, time.monotonic() + timeout, batch_key=key)
+def job(work: Any, images: int = 1, key: Hashable = None, timeout: float = 30.0) -> Job:
+    return Job(work, images, time.monotonic() + timeout, batch_key=key)
 
 
 class Runner:
