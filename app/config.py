@@ -1,8 +1,8 @@
 """Configuration: one table of settings; defaults, then the environment, then a test mapping.
 
 `SETTINGS` names every setting with its default, its parser, its group and what it means;
-docs/configuration.md is generated from it (`.venv/bin/python scripts/gen_config_docs.py`)
-and a test fails when the two differ. Nothing here runs at import time beyond defining the
+docs/configuration.md is generated from it by app/config_docs.py, and a test fails when
+the two differ. Nothing here runs at import time beyond defining the
 tables: `create_app()` calls `load_config()`.
 """
 
@@ -14,18 +14,18 @@ from typing import Any, NamedTuple
 
 DEFAULT_MODEL_ID = "stabilityai/stable-diffusion-3-medium-diffusers"
 
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off", ""}
+TRUE_WORDS = {"1", "true", "yes", "on"}
+FALSE_WORDS = {"0", "false", "no", "off", ""}
 
 
 def _parse_bool(raw: str) -> bool:
     """Parse a boolean environment value, refusing anything ambiguous."""
     value = raw.strip().lower()
-    if value in _TRUE:
+    if value in TRUE_WORDS:
         return True
-    if value in _FALSE:
+    if value in FALSE_WORDS:
         return False
-    raise ValueError(f"expected one of {sorted(_TRUE | _FALSE)}, got {raw!r}")
+    raise ValueError(f"expected one of {sorted(TRUE_WORDS | FALSE_WORDS)}, got {raw!r}")
 
 
 class Setting(NamedTuple):
@@ -36,13 +36,6 @@ class Setting(NamedTuple):
     group: str
     doc: str  # what it means, for users (markdown)
     shown: str | None = None  # the default as the docs show it, where the value says too little
-
-
-class Documented(NamedTuple):
-    """An environment variable read outside `load_config()`, listed in the docs only."""
-
-    shown: str  # the default, as the docs show it
-    doc: str
 
 
 MODEL = "Model"
@@ -241,39 +234,6 @@ SETTINGS: dict[str, Setting] = {
     ),
 }  # fmt: skip
 
-# Read by gunicorn.conf.py in the Gunicorn master, not by the app. tests/test_docs.py
-# checks that this list and what gunicorn.conf.py reads agree, defaults included.
-GUNICORN_SETTINGS: dict[str, Documented] = {
-    "GUNICORN_BIND": Documented(
-        "`0.0.0.0:8000`", "Listen address (`-b` on the command line also works)."
-    ),
-    "GUNICORN_THREADS": Documented(
-        "lane + `MAX_QUEUE` + 16",
-        "Request threads of the one worker process; must exceed lane + queue so that "
-        "admission happens in the app, not in a connection backlog.",
-    ),
-    "GUNICORN_TIMEOUT": Documented(
-        "`60`", "Worker heartbeat timeout; neither model loading nor long generations trip it."
-    ),
-    "GUNICORN_GRACEFUL_TIMEOUT": Documented(
-        "`330`",
-        "Time running and queued requests get to finish on SIGTERM; keep it above "
-        "`REQUEST_TIMEOUT_SECONDS`.",
-    ),
-    "GUNICORN_LOG_LEVEL": Documented(
-        "`info`",
-        "Level of Gunicorn's own error log (its lines are JSON too with `LOG_FORMAT=json`).",
-    ),
-}
-
-# Read by libraries, not by this code.
-LIBRARY_SETTINGS: dict[str, Documented] = {
-    "HF_TOKEN": Documented(
-        "unset",
-        "Hugging Face token, for gated models such as SD3 (read by `huggingface_hub`).",
-    ),
-}
-
 # Step counts for OpenAI's `quality` values, as multiples of DEFAULT_STEPS.
 QUALITY_STEP_FACTORS: dict[str, float] = {
     "low": 0.5,
@@ -306,57 +266,3 @@ def load_config(
 def quality_steps(quality: str, default_steps: int) -> int:
     """Return the step count that a `quality` value asks for."""
     return max(1, round(default_steps * QUALITY_STEP_FACTORS[quality]))
-
-
-# -- docs/configuration.md --------------------------------------------------------------
-
-CONFIG_DOCS_COMMAND = ".venv/bin/python scripts/gen_config_docs.py"
-
-
-def _shown(value: Any) -> str:
-    """Render a default value as the docs show it."""
-    if isinstance(value, bool):
-        return f"`{str(value).lower()}`"
-    if isinstance(value, float):
-        return f"`{value:g}`"
-    return f"`{value}`" if value != "" else "empty"
-
-
-def _table(rows: list[tuple[str, str, str]]) -> list[str]:
-    lines = ["| Variable | Default | Meaning |", "| --- | --- | --- |"]
-    lines += [f"| `{name}` | {default} | {doc} |" for name, default, doc in rows]
-    return lines
-
-
-def render_configuration_docs() -> str:
-    """Return docs/configuration.md, generated from the tables above."""
-    lines = [
-        "# Configuration",
-        "",
-        f"<!-- Generated from app/config.py by `{CONFIG_DOCS_COMMAND}`; do not edit. -->",
-        "",
-        "Environment variables, read when the app is created (never at import time). A value",
-        "that does not parse stops the start with an error naming the variable. Booleans take",
-        f"{', '.join(f'`{v}`' for v in sorted(_TRUE))} or "
-        f"{', '.join(f'`{v}`' for v in sorted(_FALSE - {''}))} (empty is false).",
-    ]
-    groups: dict[str, list[tuple[str, str, str]]] = {}
-    for name, setting in SETTINGS.items():
-        shown = setting.shown if setting.shown is not None else _shown(setting.default)
-        groups.setdefault(setting.group, []).append((name, shown, setting.doc))
-    for group, rows in groups.items():
-        lines += ["", f"## {group}", "", *_table(rows)]
-    lines += [
-        "",
-        "## Gunicorn",
-        "",
-        "Read by `gunicorn.conf.py` in the Gunicorn master, not by the app; Gunicorn's command",
-        "line (`bash scripts/serve.sh -b 127.0.0.1:9000`) overrides them.",
-        "",
-        *_table([(name, var.shown, var.doc) for name, var in GUNICORN_SETTINGS.items()]),
-        "",
-        "## Read by libraries",
-        "",
-        *_table([(name, var.shown, var.doc) for name, var in LIBRARY_SETTINGS.items()]),
-    ]
-    return "\n".join(lines) + "\n"

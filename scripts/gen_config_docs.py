@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # `python scripts/gen_config_docs.py` imports `app`
 
-from app.config import render_configuration_docs  # noqa: E402
+from app.config_docs import render_configuration_docs  # noqa: E402
 
 TARGET = ROOT / "docs" / "configuration.md"
 

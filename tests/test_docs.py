@@ -5,11 +5,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from app.config import (
+from app.config import SETTINGS
+from app.config_docs import (
     CONFIG_DOCS_COMMAND,
     GUNICORN_SETTINGS,
     LIBRARY_SETTINGS,
-    SETTINGS,
     render_configuration_docs,
 )
 
@@ -54,7 +54,7 @@ def test_gunicorn_settings_table_matches_gunicorn_conf() -> None:
     reads = {name: default for name, default in ENV_READ.findall(GUNICORN_CONF)}
     read_gunicorn = {name for name in reads if name.startswith("GUNICORN_")}
     assert read_gunicorn == set(GUNICORN_SETTINGS), (
-        "app/config.py GUNICORN_SETTINGS must list exactly what gunicorn.conf.py reads"
+        "app/config_docs.py GUNICORN_SETTINGS must list exactly what gunicorn.conf.py reads"
     )
     for name in read_gunicorn:
         if reads[name]:  # a literal default: the docs must show the same one
