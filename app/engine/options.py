@@ -190,15 +190,18 @@ def _check_attention_backend(name: str, device: torch.device) -> None:
             f"ATTENTION_BACKEND={name!r} is not a diffusers attention backend; use one of: "
             f"{', '.join(known)} (or leave it unset)."
         )
+    try:
+        _check_attention_backend_requirements(AttentionBackendName(name))
+    except (RuntimeError, ImportError) as exc:
+        raise OptionError(
+            f"ATTENTION_BACKEND={name} is not installed ({exc}); install it or leave "
+            "ATTENTION_BACKEND unset."
+        ) from None
     if device.type != "cuda" and name not in CPU_ATTENTION_BACKENDS:
         raise OptionError(
             f"ATTENTION_BACKEND={name} needs CUDA, but the device is {device}: use one of "
             f"{', '.join(CPU_ATTENTION_BACKENDS)} (or leave it unset)."
         )
-    try:
-        _check_attention_backend_requirements(AttentionBackendName(name))
-    except (RuntimeError, ImportError) as exc:
-        raise OptionError(f"ATTENTION_BACKEND={name} cannot be used here: {exc}") from None
 
 
 # -- load time ---------------------------------------------------------------------------
