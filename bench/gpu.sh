@@ -20,6 +20,12 @@ if [ -d .whl ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target "$SITE" .whl/*.whl || exit 1
   export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
+  # diffusers imports torchao whenever it is installed: one that does not import with this
+  # torch would break every section, so it goes, and the int8/fp8 modes record a skip.
+  if ! python3 -c "import torchao" >"$OUT/torchao-import-$section.txt" 2>&1; then
+    echo "torchao does not import here (see torchao-import-$section.txt); removing it"
+    rm -rf "$SITE"/torchao "$SITE"/torchao-*.dist-info
+  fi
 fi
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 # Compiled kernels stay on the machine between the two calls while it is warm.
