@@ -66,6 +66,8 @@ def create_app(
     from app.auth import init_auth
     from app.cors import init_cors
     from app.engine import Engine
+    from app.engine.loading import resolve_device
+    from app.engine.options import EngineOptions
     from app.errors import register_error_handlers
     from app.images import ImageEncoder, ImageStore
     from app.lane import Lane
@@ -102,6 +104,9 @@ def create_app(
         batch_max_images=app.config["BATCH_MAX_SIZE"],
         batch_wait=app.config["BATCH_WAIT_MS"] / 1000,
     )
+    # Speed and memory options are refused here, at start, not in the loading thread.
+    options = EngineOptions.from_config(app.config)
+    options.check(resolve_device(app.config["DEVICE"]), app.config["MAX_CONCURRENT_GENERATIONS"])
     seams = {"loader": loader, "pipeline_call": pipeline_call}
     engine = Engine(
         app.config["MODEL_ID"],
@@ -111,6 +116,10 @@ def create_app(
         cache_dir=app.config["MODEL_CACHE_DIR"],
         retry_after=app.config["LOAD_RETRY_AFTER_SECONDS"],
         warmup=app.config["WARMUP"],
+        # Compiled, the warm-up runs each size with CFG as requests will (batch shapes).
+        warmup_sizes=options.warmup_sizes(app.config["DEFAULT_SIZE"]),
+        warmup_guidance=app.config["DEFAULT_GUIDANCE_SCALE"] if options.compile else 1.0,
+        options=options,
         metrics=metrics,
         **{name: seam for name, seam in seams.items() if seam is not None},
     )

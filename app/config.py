@@ -42,6 +42,7 @@ MODEL = "Model"
 LIMITS = "Generation limits and defaults"
 EDITS = "Edits and variations"
 LOAD = "Load: the GPU lane, its queue, deadlines and micro-batching"
+SPEED = "Speed and memory (see [GPU options](deployment.md#gpu-options))"
 OUTPUT = "Output encoding"
 HTTP = "HTTP and logs"
 KEYS = "API keys"
@@ -152,6 +153,59 @@ SETTINGS: dict[str, Setting] = {
     "WARMUP": Setting(
         True, _parse_bool, LOAD,
         "Run one small generation after loading, before `/readyz` answers 200.",
+    ),
+    "COMPILE": Setting(
+        False, _parse_bool, SPEED,
+        "`torch.compile` the denoiser and the VAE decoder. The warm-up compiles `DEFAULT_SIZE` "
+        "and `COMPILE_SIZES`; any other size, or batch shape, compiles on its first request "
+        "(logged with the seconds it took, counted in `image_server_compilations_total`).",
+    ),
+    "COMPILE_SIZES": Setting(
+        "", str, SPEED,
+        "Comma-separated `WxH` sizes the warm-up compiles besides `DEFAULT_SIZE` "
+        "(`512x512,768x1344`).",
+        "empty",
+    ),
+    "FUSE_QKV": Setting(
+        False, _parse_bool, SPEED,
+        "Fuse the attention's query, key and value projections into one matrix product "
+        "(denoiser and VAE, where the model supports it). Keeps the unfused weights too.",
+    ),
+    "VAE_CHANNELS_LAST": Setting(
+        False, _parse_bool, SPEED, "Store the VAE's weights channels-last (faster convolutions)."
+    ),
+    "ATTENTION_BACKEND": Setting(
+        "", str, SPEED,
+        "diffusers' attention backend (`native`, `flash`, `_native_cudnn`, `sage`, ...); one that "
+        "is unknown, not installed, or needs CUDA on a CPU stops the start. Models whose attention "
+        "does not use the dispatcher (SD3 on diffusers 0.42) ignore it, with a warning.",
+        "unset (PyTorch's SDPA)",
+    ),
+    "OFFLOAD": Setting(
+        "none", str, SPEED,
+        "`none`, `model` (each module moves to the GPU while it runs) or `sequential` (each "
+        "layer does: least memory, slowest). Needs a GPU and `MAX_CONCURRENT_GENERATIONS=1`.",
+    ),
+    "SD3_DROP_T5": Setting(
+        False, _parse_bool, SPEED,
+        "Load Stable Diffusion 3 without its T5 encoder: far less memory, somewhat weaker "
+        "prompt following. Other models refuse it.",
+    ),
+    "QUANTIZE": Setting(
+        "none", str, SPEED,
+        "`none`, `int8` or `fp8` (torchao weight-only: `pip install torchao`; fp8 needs an "
+        "Ada or Hopper GPU) or `nf4` (bitsandbytes, CUDA only), applied while loading.",
+    ),
+    "QUANTIZE_COMPONENTS": Setting(
+        "transformer", str, SPEED,
+        "Comma-separated components `QUANTIZE` applies to: `transformer` (or `unet`), "
+        "`text_encoder`, `text_encoder_2`, `text_encoder_3`, or `text_encoders` for all three.",
+    ),
+    "VAE_TILING_PIXELS": Setting(
+        0, int, SPEED,
+        "Decode images with a side above √N in overlapping tiles of √N×√N (rounded down to a "
+        "multiple of 64): caps the VAE's memory near that of an N-pixel image; `0` is off.",
+        "`0` (off)",
     ),
     "PNG_COMPRESS_LEVEL": Setting(
         1, int, OUTPUT,

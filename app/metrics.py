@@ -59,6 +59,10 @@ class Metrics:
             "image_server_rejections", "Requests refused by admission.", ["reason"], registry=r
         )
         self.errors = Counter("image_server_errors", "Failed requests.", ["kind"], registry=r)
+        self.compilations = Counter(
+            "image_server_compilations", "Graphs torch.compile compiled (COMPILE=true).",
+            registry=r,
+        )  # fmt: skip
         self.queue_wait = Histogram(
             "image_server_queue_wait_seconds", "Time waiting for the lane.",
             buckets=_BUCKETS, registry=r,

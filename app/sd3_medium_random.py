@@ -165,22 +165,34 @@ def _as_loaded(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
 
 
 def build_sd3_pipeline(
-    configs: dict[str, Any], device: torch.device, dtype: torch.dtype, seed: int = 0
+    configs: dict[str, Any],
+    device: torch.device,
+    dtype: torch.dtype,
+    seed: int = 0,
+    drop_t5: bool = False,
 ) -> StableDiffusion3Pipeline:
-    """Build an SD3 pipeline from `configs` with random weights on `device` in `dtype`."""
+    """Build an SD3 pipeline from `configs` with random weights on `device` in `dtype`.
+
+    `drop_t5` leaves out the T5 encoder and its tokenizer (SD3_DROP_T5), never building it.
+    """
     device = torch.device(device)
     tokenizers = sd3_medium_tokenizers()
     for encoder, tokenizer in (("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2"),
                                ("text_encoder_3", "tokenizer_3")):  # fmt: skip
         if len(tokenizers[tokenizer]) > configs[encoder].vocab_size:
             raise ValueError(f"{tokenizer} has more tokens than {encoder}'s vocabulary")
-    modules: dict[str, torch.nn.Module] = {}
+    modules: dict[str, torch.nn.Module | None] = {}
     with torch.no_grad():
         for offset, name in enumerate(_MODULE_ORDER):
+            if drop_t5 and name == "text_encoder_3":
+                modules[name] = None
+                continue
             torch.manual_seed(seed + offset)  # seeds the CPU and every CUDA generator
             with _created_on(device, dtype):
                 module = _module(name, configs[name])
             modules[name] = _as_loaded(module, dtype)
+    if drop_t5:
+        tokenizers["tokenizer_3"] = None
     return StableDiffusion3Pipeline(
         scheduler=FlowMatchEulerDiscreteScheduler(**configs["scheduler"]),
         **tokenizers,
@@ -189,7 +201,7 @@ def build_sd3_pipeline(
 
 
 def build_sd3_medium_random(
-    device: torch.device, dtype: torch.dtype, seed: int = 0
+    device: torch.device, dtype: torch.dtype, seed: int = 0, drop_t5: bool = False
 ) -> StableDiffusion3Pipeline:
     """Build SD3-medium's architecture with random weights on `device` in `dtype`."""
-    return build_sd3_pipeline(sd3_medium_configs(), device, dtype, seed)
+    return build_sd3_pipeline(sd3_medium_configs(), device, dtype, seed, drop_t5)

@@ -68,10 +68,25 @@ def test_concurrent_requests_with_cfg_and_negative_prompts_match_their_images_al
     assert len({image.tobytes() for image in alone}) == len(requests)
 
 
+# Speed and memory modes that run on a CPU (tests/test_options.py covers each further).
+MODES = {
+    "plain": {},
+    "no T5": {"SD3_DROP_T5": True},
+    "fused, channels-last, tiled": {"FUSE_QKV": True, "VAE_CHANNELS_LAST": True,
+                                    "VAE_TILING_PIXELS": 4096},
+    "int8": {"QUANTIZE": "int8", "QUANTIZE_COMPONENTS": "transformer,text_encoders"},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("mode", MODES)
 def test_requests_leave_shared_modules_unconverted_in_bfloat16(
-    model_cache: Path, tmp_path: Path
+    model_cache: Path, tmp_path: Path, mode: str
 ) -> None:
-    app = make_app(model_cache, tmp_path, DTYPE="bfloat16", MAX_CONCURRENT_GENERATIONS=0)
+    if mode == "int8":
+        pytest.importorskip("torchao", reason="QUANTIZE=int8 needs torchao")
+    app = make_app(
+        model_cache, tmp_path, DTYPE="bfloat16", MAX_CONCURRENT_GENERATIONS=0, **MODES[mode]
+    )
     before = _snapshot(app)
     assert app.extensions["engine"].shared_pipeline().transformer.dtype == torch.bfloat16
     with ThreadPoolExecutor(8) as pool:
@@ -80,7 +95,8 @@ def test_requests_leave_shared_modules_unconverted_in_bfloat16(
     assert _snapshot(app) == before
     shared = app.extensions["engine"].shared_pipeline()
     for name in ("transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3"):
-        assert getattr(shared, name).dtype == torch.bfloat16, name
+        if getattr(shared, name) is not None:  # SD3_DROP_T5 leaves text_encoder_3 out
+            assert getattr(shared, name).dtype == torch.bfloat16, name
 
 
 def test_each_request_gets_its_own_scheduler_and_tokenizers(app: Flask) -> None:

@@ -12,6 +12,8 @@ pipeline is loaded) and `pipeline_call` (how a derived pipeline is called).
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import math
 import threading
@@ -23,8 +25,10 @@ from typing import Any
 import torch
 from PIL import Image
 
+from app.engine.compile_watch import CompileWatch
 from app.engine.derive import PipelineDeriver, call_parameters
 from app.engine.loading import explain_load_failure, load_pipeline, resolve_device, resolve_dtype
+from app.engine.options import EngineOptions, apply_options, release_offloaded
 from app.engine.runner import PipelineCall, call_pipeline, run_batch
 from app.engine.work import GenerationSpec, PartialCallback, Task, Work
 from app.exceptions import (
@@ -56,8 +60,11 @@ class Engine:
         cache_dir: str | Path = "instance/models",
         retry_after: int = 10,
         warmup: bool = True,
+        warmup_sizes: tuple[tuple[int, int], ...] = ((64, 64),),
+        warmup_guidance: float = 1.0,
+        options: EngineOptions | None = None,
         metrics: Metrics | None = None,
-        loader: Loader = load_pipeline,
+        loader: Loader | None = None,
         pipeline_call: PipelineCall = call_pipeline,
     ) -> None:
         self.model_id = model_id
@@ -67,8 +74,12 @@ class Engine:
         self._cache_dir = Path(cache_dir)
         self._retry_after = retry_after
         self._warmup = warmup
+        self._warmup_sizes = warmup_sizes
+        self._warmup_guidance = warmup_guidance
+        self.options = options or EngineOptions()
         self._metrics = metrics
-        self._loader = loader
+        self._loader = loader or functools.partial(load_pipeline, options=self.options)
+        self._compile_watch = CompileWatch(metrics.compilations.inc if metrics else None)
         self._pipeline_call = pipeline_call
         # Called after a fatal device error; Gunicorn's hook sets it to restart the worker.
         self.on_fatal: Callable[[], None] | None = None
@@ -95,6 +106,7 @@ class Engine:
             self.device = resolve_device(self._device_name)
             self.dtype = resolve_dtype(self._dtype_name, self.device)
             self._shared = self._loader(self.model_id, self.device, self.dtype, self._cache_dir)
+            apply_options(self._shared, self.options, self.device)
         except Exception as exc:  # any failure must leave a reason, not a dead thread
             self._failure = explain_load_failure(exc)
             log.error("model %r failed to load: %s", self.model_id, self._failure, exc_info=exc)
@@ -110,17 +122,22 @@ class Engine:
         self._loaded.set()
 
     def _warm_up(self) -> None:
-        """Run one small generation so the first request pays no start-up costs."""
-        started = time.monotonic()
-        spec = GenerationSpec("warm-up", None, 64, 64, 2, 1.0, (0,))
-        try:
-            work = Work(spec, self._deriver.derive(self._shared), spec.generators())
-            self._run_batch([Job(work, images=1, deadline=math.inf)])
-        except Exception as exc:
-            self._failure = "The warm-up generation failed; see the server log."
-            log.error("warm-up generation failed", exc_info=exc)
-        else:
-            log.info("warm-up generation took %.2fs", time.monotonic() - started)
+        """Run a small generation per warm-up size so the first requests pay no start-up costs.
+
+        With COMPILE=true these are the sizes to compile before /readyz answers 200.
+        """
+        for width, height in self._warmup_sizes:
+            started = time.monotonic()
+            spec = GenerationSpec("warm-up", None, width, height, 2, self._warmup_guidance, (0,))
+            try:
+                work = Work(spec, self._deriver.derive(self._shared), spec.generators())
+                self._run_batch([Job(work, images=1, deadline=math.inf)], reason="warm-up")
+            except Exception as exc:
+                self._failure = "The warm-up generation failed; see the server log."
+                log.error("warm-up generation at %dx%d failed", width, height, exc_info=exc)
+                return
+            log.info("warm-up generation at %dx%d took %.2fs", width, height,
+                     time.monotonic() - started)  # fmt: skip
 
     def wait_until_loaded(self, timeout: float | None = None) -> bool:
         """Block until loading (and warm-up) has finished, either way."""
@@ -197,15 +214,22 @@ class Engine:
         """Wait for a submitted job's turn in the lane and return its images."""
         return self.lane.complete(job, self._run_batch)
 
-    def _run_batch(self, jobs: list[Job[Work]]) -> list[list[Image.Image]]:
+    def _run_batch(
+        self, jobs: list[Job[Work]], reason: str = "first request of this shape"
+    ) -> list[list[Image.Image]]:
         """Run one pipeline call for `jobs` (the lane's runner), with metrics and faults."""
         if self._metrics:
             for job in jobs:
                 if job.started_at is not None:
                     self._metrics.queue_wait.observe(job.started_at - job.enqueued_at)
         started = time.monotonic()
+        spec = jobs[0].work.spec
+        shape = f"{spec.width}x{spec.height}, {sum(job.images for job in jobs)} image(s)"
         try:
-            results = run_batch(jobs, self._pipeline_call)
+            watch = self._compile_watch.call(shape, reason) if self.options.compile else (
+                contextlib.nullcontext())  # fmt: skip
+            with watch:
+                results = run_batch(jobs, self._pipeline_call)
         except GenerationOutOfMemory:
             if self.device is not None and self.device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -213,6 +237,9 @@ class Engine:
         except FatalDeviceError as exc:
             self._declare_fatal(exc.__cause__ or exc)
             raise
+        finally:
+            if self.options.offload == "model":
+                release_offloaded(self._shared)
         if self._metrics:
             self._metrics.generation_time.observe(time.monotonic() - started)
             self._metrics.images.inc(sum(len(images) for images in results))

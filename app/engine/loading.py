@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from app.engine.options import EngineOptions, OptionError, quantization_config, quantize_in_place
+
 log = logging.getLogger(__name__)
 
 _DTYPES = {
@@ -47,28 +49,51 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
         ) from None
 
 
+# Loggers that warn while diffusers is imported, about nothing the server uses.
+_NOISY_AT_IMPORT = ("torchao", "torch.utils._pytree")
+
+
 def _import_quietly() -> None:
     """Import diffusers with its import-time warnings and progress bars silenced."""
+    from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
     # Importing diffusers' pipelines warns once per image processor that torchvision is
     # absent; the server never uses those processors.
-    verbosity = transformers_logging.get_verbosity()
+    # With torchao installed (QUANTIZE), diffusers imports it: torchao, diffusers and
+    # torch's pytree then warn about kernels and checkpoint formats the server never uses.
+    verbosity = transformers_logging.get_verbosity(), diffusers_logging.get_verbosity()
     transformers_logging.set_verbosity_error()
+    diffusers_logging.set_verbosity_error()
+    quieted = [logging.getLogger(name) for name in _NOISY_AT_IMPORT]
+    levels = [logger.level for logger in quieted]
+    for logger in quieted:
+        logger.setLevel(logging.ERROR)
     try:
         from diffusers import AutoPipelineForText2Image  # noqa: F401 -- imports the pipelines
-        from diffusers.utils import logging as diffusers_logging
     finally:
-        transformers_logging.set_verbosity(verbosity)
+        transformers_logging.set_verbosity(verbosity[0])
+        diffusers_logging.set_verbosity(verbosity[1])
+        for logger, level in zip(quieted, levels, strict=True):
+            logger.setLevel(level)
     # Progress bars turn the server's log into noise.
     diffusers_logging.disable_progress_bar()
     transformers_logging.disable_progress_bar()
 
 
 def load_pipeline(
-    model_id: str, device: torch.device, dtype: torch.dtype, cache_dir: str | Path
+    model_id: str,
+    device: torch.device,
+    dtype: torch.dtype,
+    cache_dir: str | Path,
+    options: EngineOptions | None = None,
 ) -> Any:
-    """Load `model_id` (a Hub id, a local directory or a built-in random model)."""
+    """Load `model_id` (a Hub id, a local directory or a built-in random model).
+
+    `options` brings the load-time choices: SD3 without T5, quantization, and CPU offload
+    (which keeps the modules off the device: its hooks move them in when they run).
+    """
+    options = options or EngineOptions()
     _import_quietly()
     from diffusers import AutoPipelineForText2Image
 
@@ -83,17 +108,46 @@ def load_pipeline(
                 model_id,
             )
     if model_id == SD3_MEDIUM_RANDOM_ID:
-        # Built in place on the device, in the dtype: nothing to load.
-        pipeline = build_sd3_medium_random(device, dtype)
+        # Built in place on the device, in the dtype: nothing to load. Offload moves it off
+        # the device afterwards (apply_options), so building it needs the full memory once.
+        pipeline = build_sd3_medium_random(device, dtype, drop_t5=options.drop_t5)
+        quantize_in_place(pipeline, options)
     else:
         source: str | Path = ensure_tiny_sd3(cache_dir) if model_id == TINY_MODEL_ID else model_id
         log.info("loading model %r on %s in %s", model_id, device, dtype)
         # The generic loader picks the pipeline class from model_index.json, so SDXL or
         # FLUX are served by changing MODEL_ID.
-        pipeline = AutoPipelineForText2Image.from_pretrained(source, dtype=dtype)
-        pipeline.to(device)
+        pipeline = AutoPipelineForText2Image.from_pretrained(
+            source, dtype=dtype, **load_arguments(source, options)
+        )
+        if options.offload == "none":
+            pipeline.to(device)
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
+
+
+def load_arguments(source: str | Path, options: EngineOptions) -> dict[str, Any]:
+    """Return from_pretrained's extra arguments for the load-time options."""
+    if not options.drop_t5 and options.quantize == "none":
+        return {}
+    from diffusers import DiffusionPipeline
+
+    present = {name for name, value in DiffusionPipeline.load_config(source).items()
+               if not name.startswith("_") and isinstance(value, list | tuple)
+               and value[0] is not None}  # fmt: skip
+    arguments: dict[str, Any] = {}
+    if options.drop_t5:
+        if "text_encoder_3" not in present:
+            raise OptionError(
+                "SD3_DROP_T5=true drops Stable Diffusion 3's T5 encoder (text_encoder_3), "
+                "which the model set by MODEL_ID does not have: unset SD3_DROP_T5."
+            )
+        arguments.update(text_encoder_3=None, tokenizer_3=None)
+        present -= {"text_encoder_3", "tokenizer_3"}
+    config = quantization_config(options, present)
+    if config is not None:
+        arguments["quantization_config"] = config
+    return arguments
 
 
 def explain_load_failure(exc: BaseException) -> str:
@@ -107,7 +161,9 @@ def explain_load_failure(exc: BaseException) -> str:
         )
     if isinstance(exc, torch.OutOfMemoryError):
         return "The model does not fit in device memory: set DTYPE=float16 or another DEVICE."
-    if isinstance(exc, ValueError) and str(exc).startswith("DTYPE"):
+    if isinstance(exc, ValueError) and (
+        isinstance(exc, OptionError) or str(exc).startswith("DTYPE")
+    ):
         return str(exc)
     if isinstance(exc, OSError | ConnectionError) or kind.endswith(("NotFoundError", "HTTPError")):
         return (
