@@ -70,6 +70,7 @@ def create_app(
     from app.images import ImageEncoder, ImageStore
     from app.lane import Lane
     from app.logs import configure_logging
+    from app.loras import LoraLibrary
     from app.metrics import Metrics, init_request_metrics
     from app.openapi import init_openapi
     from app.request_ids import init_request_ids
@@ -102,6 +103,7 @@ def create_app(
         batch_max_images=app.config["BATCH_MAX_SIZE"],
         batch_wait=app.config["BATCH_WAIT_MS"] / 1000,
     )
+    loras = LoraLibrary(app.config["LORA_DIR"]) if app.config["LORA_DIR"] else None
     seams = {"loader": loader, "pipeline_call": pipeline_call}
     engine = Engine(
         app.config["MODEL_ID"],
@@ -112,12 +114,15 @@ def create_app(
         retry_after=app.config["LOAD_RETRY_AFTER_SECONDS"],
         warmup=app.config["WARMUP"],
         metrics=metrics,
+        loras=loras,
+        lora_cache_size=app.config["LORA_CACHE_SIZE"],
         **{name: seam for name, seam in seams.items() if seam is not None},
     )
     metrics.watch(lambda: _live_state(engine))
     app.extensions["image_store"] = store
     app.extensions["image_encoder"] = encoder
     app.extensions["engine"] = engine
+    app.extensions["loras"] = loras
     app.extensions["metrics"] = metrics
 
     init_request_ids(app)

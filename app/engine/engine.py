@@ -17,12 +17,14 @@ import math
 import threading
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import torch
 from PIL import Image
 
+from app.engine.adapters import AdapterSlots
 from app.engine.derive import PipelineDeriver, call_parameters
 from app.engine.loading import explain_load_failure, load_pipeline, resolve_device, resolve_dtype
 from app.engine.runner import PipelineCall, call_pipeline, run_batch
@@ -30,11 +32,13 @@ from app.engine.work import GenerationSpec, PartialCallback, Task, Work
 from app.exceptions import (
     FatalDeviceError,
     GenerationOutOfMemory,
+    LoraNotFound,
     ModelLoadFailed,
     ModelLoading,
     UnsupportedParameter,
 )
 from app.lane import Job, Lane
+from app.loras import LoraLibrary
 from app.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -57,6 +61,8 @@ class Engine:
         retry_after: int = 10,
         warmup: bool = True,
         metrics: Metrics | None = None,
+        loras: LoraLibrary | None = None,
+        lora_cache_size: int = 8,
         loader: Loader = load_pipeline,
         pipeline_call: PipelineCall = call_pipeline,
     ) -> None:
@@ -79,6 +85,8 @@ class Engine:
         self._fatal: str | None = None
         self._loaded = threading.Event()
         self._deriver = PipelineDeriver()
+        # LoRA adapters on the shared modules; None when LORA_DIR is unset.
+        self.adapters = AdapterSlots(loras, lora_cache_size) if loras is not None else None
         self.device: torch.device | None = None
         self.dtype: torch.dtype | None = None
 
@@ -180,6 +188,10 @@ class Engine:
             raise UnsupportedParameter(
                 "negative_prompt", "The served model does not support negative_prompt."
             )
+        if spec.loras:
+            if self.adapters is None:
+                raise LoraNotFound("LoRA adapters are off on this server (LORA_DIR is unset).")
+            self.adapters.check(shared, spec.loras)
         # The request thread derives its own pipeline and generators before queueing.
         work = Work(spec, self._deriver.derive(shared, spec.task), spec.generators(), on_partial)
         job = Job(
@@ -205,7 +217,8 @@ class Engine:
                     self._metrics.queue_wait.observe(job.started_at - job.enqueued_at)
         started = time.monotonic()
         try:
-            results = run_batch(jobs, self._pipeline_call)
+            with self._adapters_for(jobs):
+                results = run_batch(jobs, self._pipeline_call)
         except GenerationOutOfMemory:
             if self.device is not None and self.device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -217,6 +230,13 @@ class Engine:
             self._metrics.generation_time.observe(time.monotonic() - started)
             self._metrics.images.inc(sum(len(images) for images in results))
         return results
+
+    def _adapters_for(self, jobs: list[Job[Work]]) -> Any:
+        """Return a context holding the shared modules with the batch's adapters active."""
+        if self.adapters is None:
+            return nullcontext()
+        loras = jobs[0].work.spec.loras  # the batch key makes it the same for every job
+        return self.adapters.applied(self._shared, loras, lambda: all(j.expired() for j in jobs))
 
     def _declare_fatal(self, exc: BaseException) -> None:
         """Mark the worker unready for good and ask for it to be restarted."""
