@@ -114,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
         ("bare model (no adapter ever loaded)", base, None),
         ("first request naming style_a (loads it)", first_a, None),
         ("first request naming [style_a, style_b] (loads style_b)", first_ab, None),
-        ("alternating [A] / [A 0.5, B] (a switch every request)", statistics.median(alternating), TARGET),
+        ("alternating [A] / [A 0.5, B] (a switch every request)",
+         statistics.median(alternating), TARGET),
         ("no adapters, with both loaded (disabled)", statistics.median(loaded_bare), TARGET),
     ]  # fmt: skip
     print(f"\n{machine_line()}; tiny-random, {args.size}, {args.steps} steps, "

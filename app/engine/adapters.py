@@ -73,6 +73,7 @@ class AdapterSlots:
         self._running = 0
         self._switching = False
         self._turns: deque[object] = deque()
+        _quiet_partial_adapter_warnings()
 
     # -- before queueing (request threads; reads only) ------------------------------------
 
@@ -146,8 +147,14 @@ class AdapterSlots:
     def _switch_to(self, shared: Any, loras: LoraSet, signatures: dict[str, Signature]) -> None:
         """Load what `loras` lacks and activate it; no other call runs meanwhile."""
         try:
+            keep = {name for name, _ in loras}
             for name, _ in loras:
-                self._ensure_loaded(shared, name, signatures[name], keep={n for n, _ in loras})
+                self._ensure_loaded(shared, name, signatures[name], keep)
+            with self._cond:
+                self._touch(loras)
+            for old in list(self._loaded)[: max(0, len(self._loaded) - self.cache_size)]:
+                if old not in keep:  # least recently used first; a set keeps its own
+                    self._unload(shared, old)
             self._activate(shared, loras)
         except BaseException:
             with self._cond:
@@ -157,7 +164,6 @@ class AdapterSlots:
         with self._cond:
             self._active, self._switching = loras, False
             self._running += 1
-            self._touch(loras)
             self._cond.notify_all()
 
     def _ensure_loaded(self, shared: Any, name: str, signature: Signature, keep: set[str]) -> None:
@@ -215,6 +221,19 @@ class AdapterSlots:
         shared.set_adapters(
             [self._loaded[name][0] for name, _ in loras], [scale for _, scale in loras]
         )
+
+
+class _PartialAdapterFilter(logging.Filter):
+    """Drop diffusers' warning, on every load, that an adapter skips some component."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("No LoRA keys associated")
+
+
+def _quiet_partial_adapter_warnings() -> None:
+    logger = logging.getLogger("diffusers.loaders.lora_base")
+    if not any(isinstance(f, _PartialAdapterFilter) for f in logger.filters):
+        logger.addFilter(_PartialAdapterFilter())
 
 
 def _adapter_present(shared: Any, adapter_id: str) -> bool:
