@@ -26,35 +26,12 @@ from packaging.version import Version
 from PIL import Image
 
 from app.engine.runner import call_pipeline
-from app.tiny_model import ensure_tiny_sd3
 from tests.conftest import assert_openai_error, b64_pixels, make_app
-from tests.lora_files import (
-    make_corrupt,
-    make_foreign,
-    make_kohya,
-    make_lora,
-    make_wrong_shapes,
-)
 
 TOLERANCE = 8  # batched against unbatched pixels (see tests/test_batching.py)
 A = [{"name": "style_a"}]
 B = [{"name": "style_b", "scale": 0.8}]
 AB = [{"name": "style_a", "scale": 0.5}, {"name": "style_b", "scale": -1.0}]
-
-
-@pytest.fixture(scope="session")
-def lora_sources(model_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Every adapter file the tests use, good and broken, made once."""
-    model_dir = ensure_tiny_sd3(model_cache)
-    root = tmp_path_factory.mktemp("lora-sources")
-    make_lora(model_dir, root / "style_a.safetensors", seed=1)
-    make_lora(model_dir, root / "style_b.safetensors", seed=2)
-    make_lora(model_dir, root / "with_te.safetensors", seed=3, text_encoder=True)
-    make_wrong_shapes(root / "style_a.safetensors", root / "wide.safetensors")
-    make_kohya(root / "style_a.safetensors", root / "kohya.safetensors")
-    make_foreign(root / "foreign.safetensors")
-    make_corrupt(root / "corrupt.safetensors")
-    return root
 
 
 def lora_dir_with(sources: Path, target: Path) -> Path:
