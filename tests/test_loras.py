@@ -353,3 +353,25 @@ def test_micro_batches_never_mix_adapter_sets(
     assert sorted(sorted(call) for call in batches) == [[label] * 2 for label in sorted(SETS)]
     for job, image in zip(jobs, images, strict=True):
         assert differs(image, expected[job]) <= TOLERANCE, job
+
+
+def test_a_streamed_request_gets_its_adapters(lora_app: Flask) -> None:
+    body = {"prompt": "a red fox", "seed": 7, "size": "64x64", "num_inference_steps": 2,
+            "stream": True, "loras": A}  # fmt: skip
+    response = lora_app.test_client().post("/v1/images/generations", json=body)
+    events = [json.loads(line[len("data: "):]) for line in response.get_data(as_text=True)
+              .splitlines() if line.startswith("data: ")]  # fmt: skip
+    final = next(e for e in events if e["type"] == "image_generation.completed")
+    assert np.array_equal(b64_pixels(final), generate(lora_app, A))
+
+
+def test_the_openapi_document_describes_loras(lora_app: Flask) -> None:
+    document = lora_app.test_client().get("/openapi.json").get_json()
+    assert "/v1/loras" in document["paths"]
+    listing = document["components"]["schemas"]["LoraList"]
+    assert listing["properties"]["data"]["items"]["$ref"].endswith("/Lora")
+    loras = document["components"]["schemas"]["ImageGenerationRequest"]["properties"]["loras"]
+    assert loras["maxItems"] == lora_app.config["MAX_LORAS_PER_REQUEST"]
+    assert loras["items"]["properties"]["scale"]["maximum"] == 2.0
+    form = document["components"]["schemas"]["ImageEditRequest"]["properties"]["loras"]
+    assert form["type"] == "string" and form["contentMediaType"] == "application/json"
