@@ -4,7 +4,8 @@ The shared pipeline is loaded once, in a background thread, so the worker answer
 503 "model is loading") while weights load and Gunicorn never kills it for being slow.
 Each request derives its own pipeline around the shared modules (app/engine/derive.py)
 and its own CPU generators, and waits in the lane; the thread whose turn it is runs one
-pipeline call for its batch (app/engine/runner.py).
+pipeline call for its batch (app/engine/runner.py), holding the batch's LoRA adapters
+active on the shared modules while it runs (app/engine/adapters.py, with LORA_DIR set).
 
 Two seams replace the parts a test cannot make fail on a CPU: `loader` (how the shared
 pipeline is loaded) and `pipeline_call` (how a derived pipeline is called).
