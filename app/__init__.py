@@ -72,6 +72,7 @@ def create_app(
     from app.images import ImageEncoder, ImageStore
     from app.lane import Lane
     from app.logs import configure_logging
+    from app.loras import LoraLibrary
     from app.metrics import Metrics, init_request_metrics
     from app.openapi import init_openapi
     from app.request_ids import init_request_ids
@@ -107,6 +108,7 @@ def create_app(
     # Speed and memory options are refused here, at start, not in the loading thread.
     options = EngineOptions.from_config(app.config)
     options.check(resolve_device(app.config["DEVICE"]), app.config["MAX_CONCURRENT_GENERATIONS"])
+    loras = LoraLibrary(app.config["LORA_DIR"]) if app.config["LORA_DIR"] else None
     seams = {"loader": loader, "pipeline_call": pipeline_call}
     engine = Engine(
         app.config["MODEL_ID"],
@@ -121,12 +123,15 @@ def create_app(
         warmup_guidance=app.config["DEFAULT_GUIDANCE_SCALE"] if options.compile else 1.0,
         options=options,
         metrics=metrics,
+        loras=loras,
+        lora_cache_size=app.config["LORA_CACHE_SIZE"],
         **{name: seam for name, seam in seams.items() if seam is not None},
     )
     metrics.watch(lambda: _live_state(engine))
     app.extensions["image_store"] = store
     app.extensions["image_encoder"] = encoder
     app.extensions["engine"] = engine
+    app.extensions["loras"] = loras
     app.extensions["metrics"] = metrics
 
     init_request_ids(app)

@@ -1,4 +1,4 @@
-"""The OpenAI-compatible API: image generations, edits, variations, and models.
+"""The OpenAI-compatible API: image generations, edits, variations, models and adapters.
 
 Each view reads top to bottom: parse (app/schemas.py), build the spec (app/spec.py),
 generate and answer (app/render.py, through the engine).
@@ -84,6 +84,14 @@ def list_models() -> dict[str, Any]:
             }
         ],
     }
+
+
+@bp.get("/loras")
+def list_loras() -> dict[str, Any]:
+    """List the LoRA adapters of LORA_DIR that requests may name in `loras`."""
+    library = current_app.extensions["loras"]
+    files = library.list() if library is not None else []
+    return {"object": "list", "data": [lora.as_json() for lora in files]}
 
 
 # -- request parsing ----------------------------------------------------------------------

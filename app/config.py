@@ -43,6 +43,7 @@ LIMITS = "Generation limits and defaults"
 EDITS = "Edits and variations"
 LOAD = "Load: the GPU lane, its queue, deadlines and micro-batching"
 SPEED = "Speed and memory (see [GPU options](deployment.md#gpu-options))"
+LORAS = "LoRA adapters"
 OUTPUT = "Output encoding"
 HTTP = "HTTP and logs"
 KEYS = "API keys"
@@ -207,6 +208,19 @@ SETTINGS: dict[str, Setting] = {
         "multiple of 64): caps the VAE's memory near that of an N-pixel image; `0` is off.",
         "`0` (off)",
     ),
+    "LORA_DIR": Setting(
+        "", str, LORAS,
+        "Directory of LoRA adapter files (`<name>.safetensors`, the diffusers/PEFT layout) that "
+        "requests name in `loras`; looked at on every request, so new files need no restart. "
+        "Unset, adapters are off and a request naming one gets 400.",
+        "unset (off)",
+    ),
+    "LORA_CACHE_SIZE": Setting(
+        8, int, LORAS,
+        "Adapters kept loaded on the model's device; beyond it the least recently used one is "
+        "unloaded (a request's own adapters always stay while it runs).",
+    ),
+    "MAX_LORAS_PER_REQUEST": Setting(4, int, LORAS, "Most adapters one request may name."),
     "PNG_COMPRESS_LEVEL": Setting(
         1, int, OUTPUT,
         "zlib level of PNG output, 0 (no compression) to 9 (smallest, slowest); 1 is fast. "

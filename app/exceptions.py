@@ -83,6 +83,28 @@ class UnsupportedParameter(InvalidRequest):
         super().__init__(message, param=param)
 
 
+class LoraNotFound(InvalidRequest):
+    """A request names an adapter that LORA_DIR does not hold, or adapters are off (400)."""
+
+    code = "lora_not_found"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, param="loras")
+
+
+class LoraLoadFailed(InvalidRequest):
+    """An adapter file is not a LoRA for the served model; nothing was changed (400)."""
+
+    code = "invalid_lora"
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(
+            f"The adapter {name!r} cannot be used with the served model: {reason} Fix or "
+            "replace its file; the server tries again once the file changes.",
+            param="loras",
+        )
+
+
 class ModelNotFound(APIError):
     """The request names another model than the served one (404)."""
 

@@ -19,17 +19,21 @@ from flask import Blueprint, Flask, current_app
 
 from app.auth import keys_required
 from app.images import IMAGE_NAME
+from app.loras import NAME as LORA_NAME
 from app.request_ids import _WELL_FORMED
 from app.response_schemas import (
     ErrorSchema,
     HealthSchema,
     ImagesResponseSchema,
+    LoraListSchema,
     ModelListSchema,
     ReadinessSchema,
     StreamEventDataSchema,
     StreamEventSchema,
 )
 from app.schemas import (
+    LORA_SCALE_MAX,
+    LORA_SCALE_MIN,
     MIN_IMAGE_SIDE,
     SIZE_STEP,
     EditRequestSchema,
@@ -141,6 +145,8 @@ def _apply_limits(schema: dict[str, Any], config: Any, *, form: bool = False) ->
         props["stream"]["description"] = (
             "true: answer with server-sent events (text/event-stream); only with n=1."
         )
+    if "loras" in props:
+        props["loras"] = _loras_schema(config, form)
     if form:
         # Form fields are text: there is no null, only an absent field.
         for prop in props.values():
@@ -148,6 +154,24 @@ def _apply_limits(schema: dict[str, Any], config: Any, *, form: bool = False) ->
                 prop["type"] = [t for t in prop["type"] if t != "null"][0]
             if "enum" in prop:
                 prop["enum"] = [v for v in prop["enum"] if v is not None]
+
+
+def _loras_schema(config: Any, form: bool) -> dict[str, Any]:
+    """`loras`: LoRA adapters by file stem with scales (a JSON string in a form)."""
+    item = {"type": "object", "additionalProperties": False, "required": ["name"],
+            "properties": {"name": {"type": "string", "pattern": LORA_NAME.pattern},
+                           "scale": {"type": "number", "minimum": LORA_SCALE_MIN,
+                                     "maximum": LORA_SCALE_MAX, "default": 1.0}}}  # fmt: skip
+    text = (
+        f"LoRA adapters of LORA_DIR (GET /v1/loras), at most {config['MAX_LORAS_PER_REQUEST']}, "
+        "each named once; scale 0 is the bare model. 400 (`param`: `loras`) when LORA_DIR is "
+        "unset, a name is unknown or its file is no LoRA for the served model."
+    )
+    if form:
+        return {"type": "string", "contentMediaType": "application/json", "description": text,
+                "contentSchema": {"type": "array", "items": item}}  # fmt: skip
+    return {"type": ["array", "null"], "items": item, "description": text,
+            "maxItems": config["MAX_LORAS_PER_REQUEST"]}  # fmt: skip
 
 
 def _binary(description: str) -> dict[str, Any]:
@@ -207,7 +231,7 @@ def build_document(app: Flask) -> dict[str, Any]:
     components.schema("ImageEditRequest", schema=EditRequestSchema)
     components.schema("ImageVariationRequest", schema=variation_request)
     documented = {"Error": ErrorSchema, "ImagesResponse": ImagesResponseSchema,
-                  "ModelList": ModelListSchema, "Health": HealthSchema,
+                  "ModelList": ModelListSchema, "LoraList": LoraListSchema, "Health": HealthSchema,
                   "Readiness": ReadinessSchema, "StreamEvent": StreamEventSchema,
                   "StreamEventData": StreamEventDataSchema}  # fmt: skip
     for name, schema in documented.items():
@@ -252,17 +276,21 @@ def build_document(app: Flask) -> dict[str, Any]:
             {"multipart/form-data": {"schema": "ImageVariationRequest"}}, secured, False,
         )},
     )  # fmt: skip
-    models_responses = {"200": _ok("The served model.", _json("ModelList"))}
-    if secured:
-        models_responses["401"] = _error(401, _ERRORS[401])
-    spec.path(
-        path="/v1/models",
-        operations={"get": {
-            "summary": "List the served model.", "parameters": [_REQUEST_ID_PARAMETER],
-            "responses": models_responses,
-            **({"security": [{"bearerAuth": []}]} if secured else {}),
-        }},
-    )  # fmt: skip
+    listings = {
+        "/v1/models": ("List the served model.", "ModelList"),
+        "/v1/loras": ("List the LoRA adapters of LORA_DIR (empty when it is unset).", "LoraList"),
+    }
+    for path, (summary, schema) in listings.items():
+        responses = {"200": _ok(summary, _json(schema))}
+        if secured:
+            responses["401"] = _error(401, _ERRORS[401])
+        spec.path(
+            path=path,
+            operations={"get": {
+                "summary": summary, "parameters": [_REQUEST_ID_PARAMETER], "responses": responses,
+                **({"security": [{"bearerAuth": []}]} if secured else {}),
+            }},
+        )  # fmt: skip
     _document_plain_routes(spec, metrics_secured)
     return spec.to_dict()  # schema names given as strings above become $refs
 

@@ -50,6 +50,8 @@ def encode(image: Image.Image, seed: int, spec: GenerationSpec, output: OutputOp
     }
     if spec.task != Task.TEXT_TO_IMAGE:
         metadata["strength"] = spec.strength
+    if spec.loras:
+        metadata["loras"] = [{"name": name, "scale": scale} for name, scale in spec.loras]
     encoder: ImageEncoder = current_app.extensions["image_encoder"]
     return encoder.encode(image, output.output_format, output.compression, metadata)
 

@@ -50,6 +50,28 @@ class ModelListSchema(Schema):
     data = fields.List(fields.Nested(ModelSchema), required=True)
 
 
+class LoraSchema(Schema):
+    name = fields.String(required=True, metadata={"description": "Send it in `loras`."})
+    object = fields.String(required=True, validate=validate.OneOf(["lora"]))
+    size_bytes = fields.Integer(required=True)
+    targets = fields.List(
+        fields.String(),
+        required=True,
+        metadata={"description": "Pipeline components its weights apply to (`transformer`, "
+                  "`text_encoder`, ...), read from the file's header; empty: none known."},
+    )  # fmt: skip
+    layout = fields.String(
+        required=True,
+        validate=validate.OneOf(["diffusers", "kohya", "unknown"]),
+        metadata={"description": "Key layout; only `diffusers` (PEFT) files load for SD3."},
+    )
+
+
+class LoraListSchema(Schema):
+    object = fields.String(required=True, validate=validate.OneOf(["list"]))
+    data = fields.List(fields.Nested(LoraSchema), required=True)
+
+
 class HealthSchema(Schema):
     status = fields.String(required=True, validate=validate.OneOf(["ok"]))
 

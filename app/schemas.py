@@ -9,6 +9,7 @@ validated fields as sent, None where absent or null. Defaults are filled in by
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass
@@ -26,9 +27,13 @@ from marshmallow import (
     validates_schema,
 )
 
+from app.loras import lora_name_problem
+
 MIN_IMAGE_SIDE = 64
 SIZE_STEP = 16
 MAX_SEED = 2**32 - 1
+# A LoRA's scale: 0 is the bare model, 1 the adapter as trained, negative values invert it.
+LORA_SCALE_MIN, LORA_SCALE_MAX = -2.0, 2.0
 _SIZE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
 
 
@@ -69,6 +74,57 @@ class StrictBoolean(fields.Boolean):
         return value
 
 
+class LoraList(fields.Field):
+    """`loras`: a list of {"name", "scale"} objects; in a multipart form, that list as JSON.
+
+    Returns a tuple of (name, scale) pairs, scale None where absent (build_spec fills it).
+    """
+
+    def __init__(self, *, from_text: bool = False, **kwargs: Any) -> None:
+        super().__init__(allow_none=True, **kwargs)
+        self.from_text = from_text
+
+    def _deserialize(
+        self, value: Any, attr: str | None, data: Any, **kwargs: Any
+    ) -> tuple[tuple[str, float | None], ...]:
+        shape = 'a list of {"name": "<adapter>", "scale": <number>} objects'
+        if self.from_text:
+            try:
+                value = json.loads(value)
+            except (TypeError, ValueError):
+                raise ValidationError(f"must be {shape}, as a JSON string.") from None
+        if not isinstance(value, list):
+            raise ValidationError(f"must be {shape}.")
+        limit = current_app.config["MAX_LORAS_PER_REQUEST"]
+        if len(value) > limit:
+            raise ValidationError(f"names {len(value)} adapters; the most is {limit}.")
+        pairs: list[tuple[str, float | None]] = []
+        for item in value:
+            if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+                raise ValidationError(f'must be {shape}; each needs a "name" string.')
+            unknown = sorted(set(item) - {"name", "scale"})
+            if unknown:
+                raise ValidationError(f"unknown key {unknown[0]!r} in an adapter; use name, scale.")
+            name, scale = item["name"], item.get("scale")
+            problem = lora_name_problem(name)
+            if problem:
+                raise ValidationError(problem)
+            if name in (seen for seen, _ in pairs):
+                raise ValidationError(f"adapter {name!r} is named twice.")
+            if scale is not None:
+                valid = isinstance(scale, int | float) and not isinstance(scale, bool)
+                if not valid or not math.isfinite(scale):
+                    raise ValidationError(f"the scale of {name!r} must be a number.")
+                if not LORA_SCALE_MIN <= scale <= LORA_SCALE_MAX:
+                    raise ValidationError(
+                        f"the scale of {name!r} must be between {LORA_SCALE_MIN:g} and "
+                        f"{LORA_SCALE_MAX:g}."
+                    )
+                scale = float(scale)
+            pairs.append((name, scale))
+        return tuple(pairs)
+
+
 @dataclass(frozen=True)
 class ImageRequest:
     """A validated request to any of the three image endpoints; None means absent."""
@@ -92,6 +148,7 @@ class ImageRequest:
     negative_prompt: str | None = None
     num_inference_steps: int | None = None
     guidance_scale: float | None = None
+    loras: tuple[tuple[str, float | None], ...] | None = None
     # Edits and variations only.
     strength: float | None = None
     input_fidelity: str | None = None  # accepted and ignored
@@ -160,6 +217,7 @@ class GenerationRequestSchema(Schema):
     negative_prompt = fields.String(allow_none=True)
     num_inference_steps = StrictInteger(allow_none=True, validate=validate.Range(min=1))
     guidance_scale = StrictNumber(allow_none=True, validate=validate.Range(min=0))
+    loras = LoraList()
 
     @validates("prompt", "negative_prompt")
     def _prompt_length(self, value: str | None, data_key: str, **kwargs: Any) -> None:
@@ -218,6 +276,7 @@ class EditRequestSchema(GenerationRequestSchema):
     num_inference_steps = fields.Integer(allow_none=True, validate=validate.Range(min=1))
     guidance_scale = fields.Float(allow_nan=False, allow_none=True, validate=validate.Range(min=0))
     strength = fields.Float(allow_nan=False, allow_none=True, validate=validate.Range(0, 1))
+    loras = LoraList(from_text=True)
     input_fidelity = _choice("low", "high")  # OpenAI's; accepted and ignored
 
 

@@ -17,7 +17,7 @@ from PIL import Image
 
 from app.config import quality_steps
 from app.engine import GenerationSpec, Task
-from app.exceptions import InvalidRequest
+from app.exceptions import InvalidRequest, LoraNotFound
 from app.schemas import MAX_SEED, ImageRequest, parse_size
 from app.uploads import output_size
 
@@ -98,6 +98,11 @@ def build_spec(
     )
     masks = (mask.resize((width, height), Image.Resampling.NEAREST),) * n if mask else ()
 
+    # 5. Adapters: scale 1.0 (the adapter as trained) unless given.
+    loras = tuple((name, 1.0 if scale is None else scale) for name, scale in request.loras or ())
+    if loras and not config["LORA_DIR"]:
+        raise LoraNotFound("LoRA adapters are off on this server (LORA_DIR is unset).")
+
     prompt = config["VARIATIONS_PROMPT"] if endpoint == Endpoint.VARIATION else request.prompt
     stream = bool(request.stream)
     spec = GenerationSpec(
@@ -117,6 +122,7 @@ def build_spec(
         masks=masks,
         strength=strength,
         partial_images=(request.partial_images or 0) if stream else 0,
+        loras=loras,
     )
     output = OutputOptions(
         response_format=request.response_format or "url",

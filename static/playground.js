@@ -1,7 +1,8 @@
 /* Image Playground: a page for the OpenAI-compatible image server.
  *
  * Plain browser JavaScript, no build step and no dependencies. It talks to the same
- * origin it was served from: GET /readyz and /v1/models for the header, POST
+ * origin it was served from: GET /readyz and /v1/models for the header, /v1/loras for
+ * the adapters offered under Advanced, POST
  * /v1/images/generations (JSON) and /v1/images/edits (multipart) for the work, with
  * server-sent events read from fetch() when streaming (EventSource cannot POST).
  */
@@ -213,6 +214,51 @@
     }
   }
 
+  // ---------------------------------------------------------------- LoRA adapters
+
+  /** List the server's adapters (GET /v1/loras) under Advanced, keeping ticks and scales. */
+  async function loadLoras() {
+    let items = [];
+    try {
+      const body = await (await apiFetch("/v1/loras", { cache: "no-store" })).json();
+      items = Array.isArray(body.data) ? body.data : [];
+    } catch {
+      // An older server or no key yet: offer no adapters.
+    }
+    const chosen = new Map(selectedLoras().map((lora) => [lora.name, lora.scale]));
+    $("lora-list").replaceChildren(...items.map((item) => loraRow(item, chosen.get(item.name))));
+    $("loras-field").hidden = items.length === 0;
+  }
+
+  function loraRow(item, scale) {
+    const row = document.createElement("div");
+    row.className = "lora-row";
+    row.dataset.name = item.name;
+    const label = document.createElement("label");
+    label.className = "check";
+    const use = document.createElement("input");
+    use.type = "checkbox";
+    use.className = "lora-use";
+    use.checked = scale !== undefined;
+    const name = document.createElement("span");
+    name.textContent = item.name;
+    const targets = (item.targets || []).join(", ") || "no known target";
+    label.title = `${targets}; ${Math.ceil((item.size_bytes || 0) / 1024)} KiB`;
+    label.append(use, name);
+    const weight = document.createElement("input");
+    Object.assign(weight, { type: "number", className: "lora-scale", min: "-2", max: "2", step: "0.1" });
+    weight.value = String(scale ?? 1);
+    weight.setAttribute("aria-label", `Scale of ${item.name}`);
+    row.append(label, weight);
+    return row;
+  }
+
+  function selectedLoras() {
+    return [...document.querySelectorAll(".lora-row")]
+      .filter((row) => row.querySelector(".lora-use").checked)
+      .map((row) => ({ name: row.dataset.name, scale: Number(row.querySelector(".lora-scale").value) }));
+  }
+
   // ---------------------------------------------------------------- API key
 
   function showApiKeyBar({ focus = false } = {}) {
@@ -334,6 +380,7 @@
       format: $("format").value,
       strength: Number($("strength").value),
       stream: $("stream").checked,
+      loras: selectedLoras(),
     };
   }
 
@@ -390,6 +437,7 @@
     meta.push(form.steps === null ? "default steps" : `${form.steps} steps`);
     meta.push(form.format.toUpperCase());
     meta.push(form.seed === null ? "random seed" : `seed ${form.seed}`);
+    if (form.loras.length) meta.push(form.loras.map((lora) => `${lora.name} × ${lora.scale}`).join(", "));
     run.querySelector(".run-meta").textContent = meta.join(" · ");
     const ratio = sizeOf(form.size) || (mode === "edit" ? [state.edit.width, state.edit.height] : null);
     const cards = [];
@@ -602,6 +650,7 @@
     if (form.seed !== null) body.seed = form.seed;
     if (form.negativePrompt) body.negative_prompt = form.negativePrompt;
     if (form.guidance !== null) body.guidance_scale = form.guidance;
+    if (form.loras.length) body.loras = form.loras;
     if (stream) {
       body.stream = true;
       body.partial_images = PARTIAL_IMAGES;
@@ -614,7 +663,10 @@
     body.append("image", state.edit.file, state.edit.file.name || "image.png");
     if (mask) body.append("mask", mask, "mask.png");
     const fields = generationBody(form, stream);
-    for (const [key, value] of Object.entries(fields)) body.append(key, String(value));
+    // A form field is text: the adapter list goes as JSON, as the API takes it.
+    for (const [key, value] of Object.entries(fields)) {
+      body.append(key, typeof value === "object" ? JSON.stringify(value) : String(value));
+    }
     body.append("strength", String(form.strength));
     return body;
   }
@@ -951,6 +1003,9 @@
     document.addEventListener("visibilitychange", () => {
       if (!document.hidden) loadModel();
     });
+    // Files dropped into LORA_DIR show up without a reload: list again on every opening.
+    $("advanced").addEventListener("toggle", () => $("advanced").open && loadLoras());
+    loadLoras();
     setMode("generate");
     pollReadiness();
   }

@@ -17,6 +17,13 @@ from app.tiny_model import ensure_tiny_sd3
 from tests.support.apps import make_app, server_env
 from tests.support.gunicorn import GunicornServer
 from tests.support.leaks import ResponseWatch
+from tests.support.lora_files import (
+    make_corrupt,
+    make_foreign,
+    make_kohya,
+    make_lora,
+    make_wrong_shapes,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -35,6 +42,21 @@ def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cache = tmp_path_factory.mktemp("models")
     ensure_tiny_sd3(cache)
     return cache
+
+
+@pytest.fixture(scope="session")
+def lora_sources(model_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every adapter file the tests use, good and broken, made once."""
+    model_dir = ensure_tiny_sd3(model_cache)
+    root = tmp_path_factory.mktemp("lora-sources")
+    make_lora(model_dir, root / "style_a.safetensors", seed=1)
+    make_lora(model_dir, root / "style_b.safetensors", seed=2)
+    make_lora(model_dir, root / "with_te.safetensors", seed=3, text_encoder=True)
+    make_wrong_shapes(root / "style_a.safetensors", root / "wide.safetensors")
+    make_kohya(root / "style_a.safetensors", root / "kohya.safetensors")
+    make_foreign(root / "foreign.safetensors")
+    make_corrupt(root / "corrupt.safetensors")
+    return root
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import re
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -46,6 +48,26 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TIMEOUT_MS = 120_000
 
 pytestmark = pytest.mark.slow  # a real browser against the real Gunicorn server
+
+
+@pytest.fixture(scope="module")
+def lora_dir(lora_sources: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two working LoRA adapters for the tiny model."""
+    directory = tmp_path_factory.mktemp("playground-loras")
+    for name in ("style_a", "style_b"):
+        shutil.copyfile(lora_sources / f"{name}.safetensors", directory / f"{name}.safetensors")
+    return directory
+
+
+@pytest.fixture(scope="module")
+def lora_server(
+    model_cache: Path, lora_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """The real server on the tiny model with LORA_DIR set, for the adapter test."""
+    image_dir = tmp_path_factory.mktemp("playground-images")
+    env = server_env(model_cache, image_dir, LORA_DIR=lora_dir)
+    with GunicornServer(env) as server:
+        yield server.base_url
 
 
 @pytest.fixture(scope="module")
@@ -163,6 +185,35 @@ def test_generating_shows_images_with_seeds_and_download_links(page: Page, serve
     page.emulate_media(color_scheme="dark")
     page.wait_for_timeout(500)  # let the colour transitions finish before the picture
     screenshot(page, "playground-dark.png")
+
+
+def test_adapters_are_offered_and_sent_with_their_scales(
+    browser: Browser, lora_server: str, lora_dir: Path
+) -> None:
+    with open_playground(browser, lora_server) as page:
+        page.click("#advanced summary")
+        expect(page.locator(".lora-row")).to_have_count(2)
+        row = page.locator(".lora-row[data-name='style_a']")
+        row.locator(".lora-use").check()
+        row.locator(".lora-scale").fill("0.5")
+        fill_generation(page, "a fox in the snow", n=2)  # two images: URLs, no stream
+        with page.expect_request("**/v1/images/generations") as sent:
+            page.click("#submit")
+        assert sent.value.post_data_json["loras"] == [{"name": "style_a", "scale": 0.5}]
+        expect(final_cards(page)).to_have_count(2, timeout=TIMEOUT_MS)
+        expect(page.locator(".run-meta").first).to_contain_text("style_a × 0.5")
+        src, _ = check_final_card(final_cards(page).first)
+        png = Image.open(io.BytesIO(requests.get(src, timeout=30).content))
+        assert json.loads(png.text["parameters"])["loras"] == [{"name": "style_a", "scale": 0.5}]
+
+        # A file dropped into LORA_DIR is offered when Advanced opens again; ticks stay.
+        shutil.copyfile(lora_dir / "style_b.safetensors", lora_dir / "dropped_in.safetensors")
+        page.click("#advanced summary")
+        page.click("#advanced summary")
+        expect(page.locator(".lora-row")).to_have_count(3)
+        expect(row.locator(".lora-use")).to_be_checked()
+        expect(row.locator(".lora-scale")).to_have_value("0.5")
+        screenshot(page, "playground-loras.png")
 
 
 def test_live_preview_shows_partial_images_before_the_final_one(page: Page, server: str) -> None:

@@ -2,7 +2,8 @@
 
 Modules, in the order a request meets them: work.py (what is asked), engine.py (state,
 submit, complete), derive.py (the per-request pipeline), runner.py (one pipeline call),
-previews.py (partial images), loading.py (the shared pipeline).
+previews.py (partial images), loading.py (the shared pipeline), adapters.py (LoRA
+adapters on the shared modules).
 """
 
 from app.engine.engine import Engine, Loader

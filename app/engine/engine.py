@@ -4,7 +4,8 @@ The shared pipeline is loaded once, in a background thread, so the worker answer
 503 "model is loading") while weights load and Gunicorn never kills it for being slow.
 Each request derives its own pipeline around the shared modules (app/engine/derive.py)
 and its own CPU generators, and waits in the lane; the thread whose turn it is runs one
-pipeline call for its batch (app/engine/runner.py).
+pipeline call for its batch (app/engine/runner.py), holding the batch's LoRA adapters
+active on the shared modules while it runs (app/engine/adapters.py, with LORA_DIR set).
 
 Two seams replace the parts a test cannot make fail on a CPU: `loader` (how the shared
 pipeline is loaded) and `pipeline_call` (how a derived pipeline is called).
@@ -12,19 +13,20 @@ pipeline is loaded) and `pipeline_call` (how a derived pipeline is called).
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import math
 import threading
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import torch
 from PIL import Image
 
+from app.engine.adapters import AdapterSlots
 from app.engine.compile_watch import CompileWatch
 from app.engine.derive import PipelineDeriver, call_parameters
 from app.engine.loading import explain_load_failure, load_pipeline, resolve_device, resolve_dtype
@@ -34,11 +36,13 @@ from app.engine.work import GenerationSpec, PartialCallback, Task, Work
 from app.exceptions import (
     FatalDeviceError,
     GenerationOutOfMemory,
+    LoraNotFound,
     ModelLoadFailed,
     ModelLoading,
     UnsupportedParameter,
 )
 from app.lane import Job, Lane
+from app.loras import LoraLibrary
 from app.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -64,6 +68,8 @@ class Engine:
         warmup_guidance: float = 1.0,
         options: EngineOptions | None = None,
         metrics: Metrics | None = None,
+        loras: LoraLibrary | None = None,
+        lora_cache_size: int = 8,
         loader: Loader | None = None,
         pipeline_call: PipelineCall = call_pipeline,
     ) -> None:
@@ -90,6 +96,8 @@ class Engine:
         self._fatal: str | None = None
         self._loaded = threading.Event()
         self._deriver = PipelineDeriver()
+        # LoRA adapters on the shared modules; None when LORA_DIR is unset.
+        self.adapters = AdapterSlots(loras, lora_cache_size) if loras is not None else None
         self.device: torch.device | None = None
         self.dtype: torch.dtype | None = None
 
@@ -197,6 +205,10 @@ class Engine:
             raise UnsupportedParameter(
                 "negative_prompt", "The served model does not support negative_prompt."
             )
+        if spec.loras:
+            if self.adapters is None:
+                raise LoraNotFound("LoRA adapters are off on this server (LORA_DIR is unset).")
+            self.adapters.check(shared, spec.loras)
         # The request thread derives its own pipeline and generators before queueing.
         work = Work(spec, self._deriver.derive(shared, spec.task), spec.generators(), on_partial)
         job = Job(
@@ -227,8 +239,8 @@ class Engine:
         shape = f"{spec.width}x{spec.height}, {sum(job.images for job in jobs)} image(s)"
         try:
             watch = self._compile_watch.call(shape, reason) if self.options.compile else (
-                contextlib.nullcontext())  # fmt: skip
-            with watch:
+                nullcontext())  # fmt: skip
+            with watch, self._adapters_for(jobs):
                 results = run_batch(jobs, self._pipeline_call)
         except GenerationOutOfMemory:
             if self.device is not None and self.device.type == "cuda":
@@ -244,6 +256,13 @@ class Engine:
             self._metrics.generation_time.observe(time.monotonic() - started)
             self._metrics.images.inc(sum(len(images) for images in results))
         return results
+
+    def _adapters_for(self, jobs: list[Job[Work]]) -> Any:
+        """Return a context holding the shared modules with the batch's adapters active."""
+        if self.adapters is None:
+            return nullcontext()
+        loras = jobs[0].work.spec.loras  # the batch key makes it the same for every job
+        return self.adapters.applied(self._shared, loras, lambda: all(j.expired() for j in jobs))
 
     def _declare_fatal(self, exc: BaseException) -> None:
         """Mark the worker unready for good and ask for it to be restarted."""

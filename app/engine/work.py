@@ -39,11 +39,17 @@ class GenerationSpec:
     masks: tuple[Image.Image, ...] = ()
     strength: float = 1.0
     partial_images: int = 0
+    # LoRA adapters as (name, scale) pairs, in the request's order; () runs the bare model.
+    loras: tuple[tuple[str, float], ...] = ()
 
     def batch_key(self) -> Hashable:
-        """Return what specs must share to run in one pipeline call."""
+        """Return what specs must share to run in one pipeline call.
+
+        The adapter set is part of it: adapters and their scales live on the shared
+        modules, so one call runs one set.
+        """
         return (self.task, self.width, self.height, self.steps, self.guidance_scale,
-                self.strength, self.negative_prompt is not None)  # fmt: skip
+                self.strength, self.negative_prompt is not None, self.loras)  # fmt: skip
 
     def generators(self) -> list[torch.Generator]:
         """Return one CPU generator per image: the same seed gives the same noise anywhere."""
