@@ -67,7 +67,7 @@ def create_app(
     from app.cors import init_cors
     from app.engine import Engine
     from app.engine.loading import resolve_device
-    from app.engine.options import EngineOptions
+    from app.engine.options import EngineOptions, OptionError
     from app.errors import register_error_handlers
     from app.images import ImageEncoder, ImageStore
     from app.lane import Lane
@@ -108,6 +108,13 @@ def create_app(
     # Speed and memory options are refused here, at start, not in the loading thread.
     options = EngineOptions.from_config(app.config)
     options.check(resolve_device(app.config["DEVICE"]), app.config["MAX_CONCURRENT_GENERATIONS"])
+    if options.compile and app.config["LORA_DIR"]:
+        # Switching adapters changes the compiled graph's constants: without diffusers'
+        # LoRA hot-swap (not built yet) every new adapter set would recompile.
+        raise OptionError(
+            "COMPILE=true with LORA_DIR set would recompile the denoiser on every new adapter "
+            "set; unset one of them."
+        )
     loras = LoraLibrary(app.config["LORA_DIR"]) if app.config["LORA_DIR"] else None
     seams = {"loader": loader, "pipeline_call": pipeline_call}
     engine = Engine(
