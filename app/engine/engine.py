@@ -25,18 +25,19 @@ from typing import Any
 import torch
 from PIL import Image
 
+from app.engine import families
 from app.engine.compile_watch import CompileWatch
-from app.engine.derive import PipelineDeriver, call_parameters
+from app.engine.derive import PipelineDeriver
 from app.engine.loading import explain_load_failure, load_pipeline, resolve_device, resolve_dtype
 from app.engine.options import EngineOptions, apply_options, release_offloaded
 from app.engine.runner import PipelineCall, call_pipeline, run_batch
+from app.engine.usage import token_usage
 from app.engine.work import GenerationSpec, PartialCallback, Task, Work
 from app.exceptions import (
     FatalDeviceError,
     GenerationOutOfMemory,
     ModelLoadFailed,
     ModelLoading,
-    UnsupportedParameter,
 )
 from app.lane import Job, Lane
 from app.metrics import Metrics
@@ -193,10 +194,7 @@ class Engine:
     ) -> Job[Work]:
         """Derive this request's pipeline and generators and admit it to the queue."""
         shared = self.shared_pipeline()
-        if spec.negative_prompt and "negative_prompt" not in call_parameters(type(shared)):
-            raise UnsupportedParameter(
-                "negative_prompt", "The served model does not support negative_prompt."
-            )
+        families.check(families.describe(type(shared)), spec)
         # The request thread derives its own pipeline and generators before queueing.
         work = Work(spec, self._deriver.derive(shared, spec.task), spec.generators(), on_partial)
         job = Job(
@@ -209,6 +207,17 @@ class Engine:
         if self.on_submit:
             self.on_submit(job)
         return job
+
+    def capabilities(self) -> families.Capabilities:
+        """Return what the served pipeline can do (app/engine/families.py)."""
+        return families.describe(type(self.shared_pipeline()))
+
+    def usage(self, spec: GenerationSpec) -> dict[str, Any]:
+        """Return OpenAI's `usage` for `spec` (the rule: app/engine/usage.py)."""
+        shared = self.shared_pipeline()
+        tokenizers = self._deriver.thread_tokenizers(shared)  # this thread's own copies
+        first = tokenizers[min(tokenizers)] if tokenizers else None
+        return token_usage(spec, first, families.latent_patch(shared))
 
     def complete(self, job: Job[Work]) -> list[Image.Image]:
         """Wait for a submitted job's turn in the lane and return its images."""
