@@ -22,6 +22,7 @@ from PIL import Image
 from werkzeug.test import TestResponse
 
 from app import images as images_module
+from app.engine import GenerationSpec
 from app.engine.runner import call_pipeline
 from app.schemas import MAX_SEED
 from tests.support.apps import idle_app, make_app
@@ -730,3 +731,16 @@ def test_proxy_headers_are_ignored_by_default(client: FlaskClient) -> None:
     )
     assert resp.status_code == 200, resp.data
     assert IMAGE_URL.match(resp.get_json()["data"][0]["url"])
+
+
+def test_counting_usage_leaves_the_pipelines_tokenizers_alone(app: Flask) -> None:
+    # A fast tokenizer's truncation settings change on every call: counting with the copy a
+    # streamed generation is encoding with broke it (CLIP embeddings of 45 and 77 tokens).
+    engine = app.extensions["engine"]
+    shared = engine.shared_pipeline()
+    mine = engine._deriver._thread_tokenizers(shared)["tokenizer"]
+    mine("a prompt", padding="max_length", max_length=77, truncation=True)
+    settings = (mine._tokenizer.truncation, mine._tokenizer.padding)
+    spec = GenerationSpec("a much longer prompt " * 20, "blur", 64, 64, 2, 1.0, (1,))
+    assert engine.usage(spec)["input_tokens"] > 77  # counted untruncated
+    assert (mine._tokenizer.truncation, mine._tokenizer.padding) == settings

@@ -30,14 +30,14 @@ class PipelineDeriver:
         """Return a pipeline for `task` around the shared modules, with per-request parts."""
         components = dict(shared.components)
         components["scheduler"] = type(shared.scheduler).from_config(shared.scheduler.config)
-        components.update(self.thread_tokenizers(shared))
+        components.update(self._thread_tokenizers(shared))
         pipeline_class = task_pipeline_class(shared, task)
         accepted = _init_parameters(pipeline_class)
         pipeline = pipeline_class(**{k: v for k, v in components.items() if k in accepted})
         pipeline.set_progress_bar_config(disable=True)
         return pipeline
 
-    def thread_tokenizers(self, shared: Any) -> dict[str, Any]:
+    def _thread_tokenizers(self, shared: Any) -> dict[str, Any]:
         """Return this thread's own copies of the shared tokenizers, made once per thread."""
         tokenizers = getattr(self._local, "tokenizers", None)
         if tokenizers is None:

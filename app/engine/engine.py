@@ -13,6 +13,7 @@ pipeline is loaded) and `pipeline_call` (how a derived pipeline is called).
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import logging
 import math
@@ -91,6 +92,8 @@ class Engine:
         self._fatal: str | None = None
         self._loaded = threading.Event()
         self._deriver = PipelineDeriver()
+        self._counting_lock = threading.Lock()
+        self._counting_tokenizer: Any = None  # made on first use; False: the model has none
         self.device: torch.device | None = None
         self.dtype: torch.dtype | None = None
 
@@ -215,9 +218,15 @@ class Engine:
     def usage(self, spec: GenerationSpec) -> dict[str, Any]:
         """Return OpenAI's `usage` for `spec` (the rule: app/engine/usage.py)."""
         shared = self.shared_pipeline()
-        tokenizers = self._deriver.thread_tokenizers(shared)  # this thread's own copies
-        first = tokenizers[min(tokenizers)] if tokenizers else None
-        return token_usage(spec, first, families.latent_patch(shared))
+        # A copy of its own, under a lock: a fast tokenizer changes its truncation settings
+        # on every call, and the thread's copies may be encoding a streamed prompt right now.
+        with self._counting_lock:
+            if self._counting_tokenizer is None:
+                first = _first_tokenizer(shared)
+                self._counting_tokenizer = copy.deepcopy(first) if first is not None else False
+            return token_usage(
+                spec, self._counting_tokenizer or None, families.latent_patch(shared)
+            )
 
     def complete(self, job: Job[Work]) -> list[Image.Image]:
         """Wait for a submitted job's turn in the lane and return its images."""
@@ -260,3 +269,10 @@ class Engine:
         log.critical("fatal device error, the worker will exit: %s", exc)
         if self.on_fatal:
             self.on_fatal()
+
+
+def _first_tokenizer(shared: Any) -> Any:
+    """Return the pipeline's first tokenizer (`tokenizer`, then `tokenizer_2`, ...), or None."""
+    components = shared.components
+    names = sorted(name for name in components if name.startswith("tokenizer"))
+    return next((components[name] for name in names if components[name] is not None), None)
