@@ -133,8 +133,9 @@ def step_end_callback(jobs: list[Job[Work]]) -> Callable[..., dict[str, Any]]:
             steps_run = getattr(pipeline, "_num_timesteps", None) or lead.spec.steps
             picks = partial_steps(steps_run, lead.spec.partial_images)
             if step in picks:
+                size = lead.spec.width, lead.spec.height
                 try:
-                    preview = decode_latents(pipeline, kwargs["latents"])[0]
+                    preview = decode_latents(pipeline, kwargs["latents"], *size)[0]
                     lead.on_partial(picks.index(step), preview)
                 except Exception:  # a preview must never fail the generation
                     log.warning("could not decode a partial image", exc_info=True)
