@@ -15,9 +15,16 @@ from PIL import Image
 
 from app.exceptions import APIError, InvalidRequest, ModelNotFound
 from app.render import answer
-from app.schemas import ImageRequest, edit_request, generation_request, variation_request
+from app.schemas import (
+    ImageRequest,
+    JsonEdit,
+    edit_request,
+    generation_request,
+    json_edit_request,
+    variation_request,
+)
 from app.spec import Endpoint, build_spec
-from app.uploads import edit_mask, read_image
+from app.uploads import edit_mask, read_image, read_image_reference
 
 log = logging.getLogger(__name__)
 
@@ -44,19 +51,13 @@ def create_image() -> Any:
 
 @bp.post("/images/edits")
 def create_edit() -> Any:
-    """Edit images with a prompt (inpainting with a mask, else image-to-image)."""
+    """Edit an image with a prompt (inpainting with a mask, else image-to-image); several
+    images are references for each output. Multipart files, or JSON with data URLs."""
     deadline = _deadline()
-    params: ImageRequest = edit_request.load(_form_fields())
+    params, images, mask = _json_edit() if request.is_json else _multipart_edit()
     _check_model(params.model)
-    images = _uploaded_images()
-    mask_upload = request.files.get("mask")
-    mask = _read(mask_upload, "mask") if mask_upload else None
-    if mask is not None and len(images) > 1:
-        raise InvalidRequest(
-            "A mask can be combined with a single image only.", param="mask", code="invalid_mask"
-        )
-    repaint = edit_mask(images[0], mask) if len(images) == 1 else None
-    return _generate(Endpoint.EDIT, params, deadline, images, repaint)
+    # As OpenAI's: the mask (or the first image's own transparency) edits the first image.
+    return _generate(Endpoint.EDIT, params, deadline, images, edit_mask(images[0], mask))
 
 
 @bp.post("/images/variations")
@@ -119,9 +120,10 @@ def _generate(
     """Build the spec with every default, log the request, generate and answer."""
     spec, output = build_spec(params, current_app.config, endpoint, images or (), mask)
     log.info(
-        "%s model=%r user=%r n=%d size=%dx%d steps=%d seed=%d stream=%s",
-        endpoint, params.model, params.user, len(spec.seeds), spec.width, spec.height,
-        spec.steps, spec.seeds[0], output.stream,
+        "%s model=%.256r user=%.256r safety_identifier=%.256r n=%d size=%dx%d steps=%d "
+        "seed=%d stream=%s",
+        endpoint, params.model, params.user, params.safety_identifier, len(spec.seeds),
+        spec.width, spec.height, spec.steps, spec.seeds[0], output.stream,
     )  # fmt: skip
     return answer(spec, output, deadline, endpoint)
 
@@ -137,7 +139,8 @@ def _form_fields() -> dict[str, Any]:
     """Return the text fields of a multipart form, refusing other bodies and files."""
     if request.mimetype != "multipart/form-data":
         raise APIError(
-            "Send edits and variations as multipart/form-data, with the image as a file.",
+            "Send edits and variations as multipart/form-data, with the image as a file "
+            "(edits also take JSON, with images as data URLs).",
             status=415,
             code="unsupported_media_type",
         )
@@ -150,6 +153,21 @@ def _form_fields() -> dict[str, Any]:
                 f"'{name}' must be sent as a file, not as a text field.", param=name
             )
     return request.form.to_dict()
+
+
+def _multipart_edit() -> tuple[ImageRequest, list[Image.Image], Image.Image | None]:
+    params: ImageRequest = edit_request.load(_form_fields())
+    images = _uploaded_images()
+    mask_upload = request.files.get("mask")
+    return params, images, _read(mask_upload, "mask") if mask_upload else None
+
+
+def _json_edit() -> tuple[ImageRequest, list[Image.Image], Image.Image | None]:
+    edit: JsonEdit = json_edit_request.load(_json_object())
+    limit = current_app.config["MAX_UPLOAD_PIXELS"]
+    images = [read_image_reference(ref, "images", limit) for ref in edit.images]
+    mask = read_image_reference(edit.mask, "mask", limit) if edit.mask is not None else None
+    return edit.request, images, mask
 
 
 def _read(upload: Any, param: str) -> Image.Image:

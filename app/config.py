@@ -95,7 +95,7 @@ SETTINGS: dict[str, Setting] = {
     ),
     "MAX_PROMPT_CHARS": Setting(4000, int, LIMITS, "Longest `prompt` and `negative_prompt`."),
     "MAX_IMAGES_PER_REQUEST": Setting(
-        10, int, LIMITS, "Largest `n` (for edits, `n` × the number of input images)."
+        10, int, LIMITS, "Largest `n`."
     ),
     "DEFAULT_STEPS": Setting(
         28, int, LIMITS,

@@ -38,6 +38,7 @@ from app.schemas import (
     SIZE_STEP,
     EditRequestSchema,
     GenerationRequestSchema,
+    JsonEditRequestSchema,
     StrictBoolean,
     StrictInteger,
     StrictNumber,
@@ -174,6 +175,17 @@ def _loras_schema(config: Any, form: bool) -> dict[str, Any]:
             "maxItems": config["MAX_LORAS_PER_REQUEST"]}  # fmt: skip
 
 
+_IMAGE_REFERENCE: dict[str, Any] = {
+    "type": "object",
+    "description": "`image_url`: a base64 data URL (`data:image/png;base64,...`). Remote "
+    "URLs and `file_id` are refused with a 400 (this server fetches nothing).",
+    "properties": {"image_url": {"type": "string"}, "file_id": {"type": "string"}},
+    "additionalProperties": False,
+    "minProperties": 1,
+    "maxProperties": 1,
+}
+
+
 def _binary(description: str) -> dict[str, Any]:
     return {"type": "string", "format": "binary", "description": description}
 
@@ -229,6 +241,7 @@ def build_document(app: Flask) -> dict[str, Any]:
     components = spec.components
     components.schema("ImageGenerationRequest", schema=GenerationRequestSchema)
     components.schema("ImageEditRequest", schema=EditRequestSchema)
+    components.schema("ImageEditJsonRequest", schema=JsonEditRequestSchema)
     components.schema("ImageVariationRequest", schema=variation_request)
     documented = {"Error": ErrorSchema, "ImagesResponse": ImagesResponseSchema,
                   "ModelList": ModelListSchema, "LoraList": LoraListSchema, "Health": HealthSchema,
@@ -242,6 +255,14 @@ def build_document(app: Flask) -> dict[str, Any]:
         contentSchema={"$ref": "#/components/schemas/StreamEventData"},
     )
     _apply_limits(schemas["ImageGenerationRequest"], config)
+    _apply_limits(schemas["ImageEditJsonRequest"], config)
+    json_edit = schemas["ImageEditJsonRequest"]["properties"]
+    json_edit["images"]["items"] = _IMAGE_REFERENCE
+    json_edit["images"]["description"] = (
+        "The first is edited (and masked); more are reference images, for pipelines that "
+        "take several (400 naming `image` otherwise)."
+    )
+    json_edit["mask"] = {**_IMAGE_REFERENCE, "type": ["object", "null"]}
     for name in ("ImageEditRequest", "ImageVariationRequest"):
         _apply_limits(schemas[name], config, form=True)
     edit = schemas["ImageEditRequest"]
@@ -265,8 +286,9 @@ def build_document(app: Flask) -> dict[str, Any]:
     spec.path(
         path="/v1/images/edits",
         operations={"post": _image_operation(
-            "Edit images with a prompt (inpainting with a mask)." + upload_limit,
-            {"multipart/form-data": {"schema": "ImageEditRequest"}}, secured, True,
+            "Edit an image with a prompt (inpainting with a mask)." + upload_limit,
+            {"multipart/form-data": {"schema": "ImageEditRequest"},
+             "application/json": {"schema": "ImageEditJsonRequest"}}, secured, True,
         )},
     )  # fmt: skip
     spec.path(

@@ -60,14 +60,22 @@ def _b64(blob: bytes) -> str:
     return base64.b64encode(blob).decode("ascii")
 
 
-def _echoed_fields(spec: GenerationSpec, output: OutputOptions) -> dict[str, Any]:
-    """Return the response fields that describe the images, as OpenAI's responses do."""
-    return {
-        "size": f"{spec.width}x{spec.height}",
-        "quality": output.quality,
-        "output_format": output.output_format,
-        "background": output.background,
-    }
+# The sizes OpenAI's ImagesResponse allows; another size is left out of a response.
+OFFICIAL_SIZES = ("1024x1024", "1536x1024", "1024x1536")
+
+
+def _echoed_fields(spec: GenerationSpec, output: OutputOptions, event: bool = False) -> dict:
+    """Return the fields that describe the images, within the values OpenAI's spec allows.
+
+    A response leaves out `size` when it is none of the official sizes; a stream event,
+    where `size` is required, carries the real `WIDTHxHEIGHT` (the current spec allows any).
+    """
+    size = f"{spec.width}x{spec.height}"
+    fields = {"quality": output.quality, "output_format": output.output_format,
+              "background": output.background}  # fmt: skip
+    if event or size in OFFICIAL_SIZES:
+        fields["size"] = size
+    return fields
 
 
 def answer(spec: GenerationSpec, output: OutputOptions, deadline: float, endpoint: Endpoint) -> Any:
@@ -75,10 +83,15 @@ def answer(spec: GenerationSpec, output: OutputOptions, deadline: float, endpoin
     engine: Engine = current_app.extensions["engine"]
     if output.stream:
         return stream(engine, spec, output, deadline, endpoint)
-    return render(engine.generate(spec, deadline), spec, output)
+    return render(engine.generate(spec, deadline), spec, output, engine.usage(spec))
 
 
-def render(images: list[Image.Image], spec: GenerationSpec, output: OutputOptions) -> dict:
+def render(
+    images: list[Image.Image],
+    spec: GenerationSpec,
+    output: OutputOptions,
+    usage: dict[str, Any] | None = None,
+) -> dict:
     """Answer with URLs of stored files or base64, as `response_format` asks."""
     blobs = [
         encode(image, seed, spec, output) for image, seed in zip(images, spec.seeds, strict=True)
@@ -91,7 +104,10 @@ def render(images: list[Image.Image], spec: GenerationSpec, output: OutputOption
         data = [{"url": _image_url(name)} for name in names]
     for item, seed in zip(data, spec.seeds, strict=True):
         item["seed"] = seed
-    return {"created": int(time.time()), "data": data, **_echoed_fields(spec, output)}
+    body = {"created": int(time.time()), "data": data, **_echoed_fields(spec, output)}
+    if usage is not None:
+        body["usage"] = usage
+    return body
 
 
 def _sse(event: str, payload: dict[str, Any]) -> str:
@@ -123,7 +139,8 @@ def stream(
             events.put(("error", exc))
 
     threading.Thread(target=work, name="stream-job", daemon=True).start()
-    fields = _echoed_fields(spec, output)
+    fields = _echoed_fields(spec, output, event=True)
+    usage = engine.usage(spec)
     kind = str(endpoint)
 
     def generate() -> Iterator[str]:
@@ -147,7 +164,7 @@ def stream(
                         blob = encode(image, seed, spec, output)
                         yield _sse(f"{kind}.completed", {
                             "type": f"{kind}.completed", "b64_json": _b64(blob), "seed": seed,
-                            "created_at": now, **fields,
+                            "created_at": now, **fields, "usage": usage,
                         })  # fmt: skip
                     return
                 else:

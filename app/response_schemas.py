@@ -28,13 +28,37 @@ class ImageSchema(Schema):
     seed = fields.Integer(required=True, metadata={"description": "The seed of this image."})
 
 
+class InputTokensDetailsSchema(Schema):
+    text_tokens = fields.Integer(required=True)
+    image_tokens = fields.Integer(required=True)
+
+
+class UsageSchema(Schema):
+    """OpenAI's `usage`; how this server counts tokens is in docs/api.md."""
+
+    input_tokens = fields.Integer(required=True)
+    input_tokens_details = fields.Nested(InputTokensDetailsSchema, required=True)
+    output_tokens = fields.Integer(required=True)
+    total_tokens = fields.Integer(required=True)
+
+
+# Values within OpenAI's enums: quality resolved from the steps run; no alpha is made.
+_QUALITY = validate.OneOf(["low", "medium", "high"])
+_BACKGROUND = validate.OneOf(["opaque"])
+_FORMAT = validate.OneOf(["png", "jpeg", "webp"])
+
+
 class ImagesResponseSchema(Schema):
     created = fields.Integer(required=True, metadata={"description": "Unix seconds."})
     data = fields.List(fields.Nested(ImageSchema), required=True)
-    size = fields.String(required=True)
-    quality = fields.String(required=True)
-    output_format = fields.String(required=True, validate=validate.OneOf(["png", "jpeg", "webp"]))
-    background = fields.String(required=True)
+    size = fields.String(
+        validate=validate.OneOf(["1024x1024", "1536x1024", "1024x1536"]),
+        metadata={"description": "Left out when the size is none of OpenAI's three."},
+    )
+    quality = fields.String(required=True, validate=_QUALITY)
+    output_format = fields.String(required=True, validate=_FORMAT)
+    background = fields.String(required=True, validate=_BACKGROUND)
+    usage = fields.Nested(UsageSchema, required=True)
 
 
 class ModelSchema(Schema):
@@ -107,7 +131,8 @@ class StreamEventDataSchema(Schema):
     seed = fields.Integer()
     created_at = fields.Integer()
     size = fields.String()
-    quality = fields.String()
-    output_format = fields.String()
-    background = fields.String()
+    quality = fields.String(validate=_QUALITY)
+    output_format = fields.String(validate=_FORMAT)
+    background = fields.String(validate=_BACKGROUND)
+    usage = fields.Nested(UsageSchema, metadata={"description": "On *.completed events."})
     error = fields.Nested(ErrorDetailSchema)

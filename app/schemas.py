@@ -139,6 +139,7 @@ class ImageRequest:
     output_compression: int | None = None
     style: str | None = None  # accepted and ignored
     user: str | None = None
+    safety_identifier: str | None = None
     background: str | None = None
     moderation: str | None = None  # accepted and ignored
     stream: bool | None = None
@@ -207,7 +208,8 @@ class GenerationRequestSchema(Schema):
     output_format = _choice("png", "jpeg", "webp")
     output_compression = StrictInteger(allow_none=True, validate=validate.Range(0, 100))
     style = _choice("vivid", "natural")
-    user = fields.String(allow_none=True, validate=validate.Length(max=256))
+    user = fields.String(allow_none=True)  # the spec sets no length cap
+    safety_identifier = fields.String(allow_none=True)
     background = _choice("auto", "opaque", "transparent")
     moderation = _choice("auto", "low")
     stream = StrictBoolean(allow_none=True)
@@ -253,6 +255,8 @@ class GenerationRequestSchema(Schema):
 
     @validates_schema
     def _one_image_when_streaming(self, data: dict[str, Any], **kwargs: Any) -> None:
+        # OpenAI's spec does not define n > 1 with stream: its completed events carry no
+        # image index, so a client could not tell which image an event holds.
         if data.get("stream") and (data.get("n") or 1) > 1:
             raise ValidationError("streaming returns one image: use n=1 with stream.", "n")
 
@@ -280,10 +284,36 @@ class EditRequestSchema(GenerationRequestSchema):
     input_fidelity = _choice("low", "high")  # OpenAI's; accepted and ignored
 
 
+class JsonEditRequestSchema(GenerationRequestSchema):
+    """POST /v1/images/edits as JSON: images and mask as `{"image_url": "data:..."}`."""
+
+    strength = StrictNumber(allow_none=True, validate=validate.Range(0, 1))
+    input_fidelity = _choice("low", "high")  # OpenAI's; accepted and ignored
+    images = fields.List(
+        fields.Dict(), required=True, validate=validate.Length(min=1, error="must not be empty.")
+    )
+    mask = fields.Dict(allow_none=True)
+
+    @post_load
+    def _to_request(self, data: dict[str, Any], **kwargs: Any) -> JsonEdit:  # type: ignore[override]
+        images, mask = data.pop("images"), data.pop("mask", None)
+        return JsonEdit(ImageRequest(**data), images, mask)
+
+
+@dataclass(frozen=True)
+class JsonEdit:
+    """A validated JSON edit: its fields, and its image references as sent."""
+
+    request: ImageRequest
+    images: list[dict[str, Any]]
+    mask: dict[str, Any] | None
+
+
 generation_request = GenerationRequestSchema()
 edit_request = EditRequestSchema()
+json_edit_request = JsonEditRequestSchema()
 # Variations take no prompt: the server's VARIATIONS_PROMPT is used.
 variation_request = EditRequestSchema(
     exclude=("prompt", "negative_prompt", "quality", "style", "background", "moderation",
-             "input_fidelity", "stream", "partial_images")
+             "input_fidelity", "stream", "partial_images", "safety_identifier")
 )  # fmt: skip

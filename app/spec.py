@@ -37,9 +37,25 @@ class OutputOptions:
     response_format: str  # url | b64_json
     output_format: str  # png | jpeg | webp
     compression: int  # jpeg/webp quality, 0..100
-    quality: str
-    background: str
+    quality: str  # resolved: low | medium | high, by the steps that run
+    background: str  # resolved: opaque (the pipelines make no alpha)
     stream: bool
+
+
+# OpenAI's models that always answer base64 (`data[].b64_json`); the others default to url.
+_BASE64_MODELS = ("gpt-image-", "chatgpt-image-latest")
+
+
+def default_response_format(model: str | None) -> str:
+    """Return OpenAI's default response_format for `model`: gpt-image models b64_json."""
+    return "b64_json" if model and model.startswith(_BASE64_MODELS) else "url"
+
+
+def resolved_quality(steps: int, default_steps: int) -> str:
+    """Return OpenAI's quality (low, medium or high) for the steps that run: the one whose
+    step count is nearest, a tie going to medium."""
+    counts = {q: quality_steps(q, default_steps) for q in ("medium", "low", "high")}
+    return min(counts, key=lambda quality: abs(counts[quality] - steps))  # ties: medium
 
 
 def build_spec(
@@ -54,18 +70,20 @@ def build_spec(
     `images` are the decoded input images of an edit or variation; `mask` (white =
     repaint, at the first image's size) makes an edit an inpainting.
     """
-    # 1. The task and the output size: an input image's own size when none is asked.
+    # 1. The task and the output size: an edit's first image's own size when none is
+    # asked; variations, as OpenAI's, the default size.
     task = Task.TEXT_TO_IMAGE
     if images:
         task = Task.INPAINT if mask is not None else Task.IMAGE_TO_IMAGE
-    if images and request.size in (None, "auto"):
+    if endpoint == Endpoint.EDIT and request.size in (None, "auto"):
         width, height = output_size(images[0], config["MAX_IMAGE_SIDE"], config["MAX_IMAGE_PIXELS"])
     else:
         width, height = parse_size(request.size or "auto", config)
 
     # 2. Denoising: steps follow `quality` unless given; strength for edits and variations.
-    quality = request.quality or "auto"
-    steps = request.num_inference_steps or quality_steps(quality, config["DEFAULT_STEPS"])
+    steps = request.num_inference_steps or quality_steps(
+        request.quality or "auto", config["DEFAULT_STEPS"]
+    )
     strength = 1.0
     if task != Task.TEXT_TO_IMAGE:
         default = "VARIATIONS_STRENGTH" if endpoint == Endpoint.VARIATION else "DEFAULT_STRENGTH"
@@ -77,25 +95,18 @@ def build_spec(
                 param="strength",
             )
 
-    # 3. Seeds: n per input image (one input for generations); image i uses seed + i,
+    # 3. Seeds: n images, whatever the number of input images; image i uses seed + i,
     # wrapped so every returned seed can be sent back.
     n = request.n or 1
-    total = n * max(1, len(images))
-    if total > config["MAX_IMAGES_PER_REQUEST"]:
-        raise InvalidRequest(
-            f"{len(images)} images x n={n} asks for {total} images; the most is "
-            f"{config['MAX_IMAGES_PER_REQUEST']}.",
-            param="n",
-        )
     seed = request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1)
-    seeds = tuple((seed + i) % (MAX_SEED + 1) for i in range(total))
+    seeds = tuple((seed + i) % (MAX_SEED + 1) for i in range(n))
 
-    # 4. Each output image gets its input image (n per input, in order) at the output size.
-    inputs = tuple(
-        image.convert("RGB").resize((width, height), Image.Resampling.LANCZOS)
-        for image in images
-        for _ in range(n)
+    # 4. As OpenAI's edits: every output edits the first image (the mask's); several
+    # images are reference images for each output, all at the output size.
+    references = tuple(
+        image.convert("RGB").resize((width, height), Image.Resampling.LANCZOS) for image in images
     )
+    inputs = references[:1] * n
     masks = (mask.resize((width, height), Image.Resampling.NEAREST),) * n if mask else ()
 
     # 5. Adapters: scale 1.0 (the adapter as trained) unless given.
@@ -123,13 +134,15 @@ def build_spec(
         strength=strength,
         partial_images=(request.partial_images or 0) if stream else 0,
         loras=loras,
+        references=references,
+        sent=frozenset({"strength"} if request.strength is not None else ()),
     )
     output = OutputOptions(
-        response_format=request.response_format or "url",
+        response_format=request.response_format or default_response_format(request.model),
         output_format=request.output_format or "png",
         compression=request.output_compression if request.output_compression is not None else 100,
-        quality=quality,
-        background=request.background or "auto",
+        quality=resolved_quality(steps, config["DEFAULT_STEPS"]),
+        background="opaque",
         stream=stream,
     )
     return spec, output

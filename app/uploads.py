@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import io
+import re
 import warnings
+from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 from werkzeug.datastructures import FileStorage
@@ -14,9 +18,59 @@ from app.schemas import MIN_IMAGE_SIDE, SIZE_STEP
 ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP")
 
 
+# `data:[<media type>][;parameters];base64,<data>`; only base64 payloads carry images.
+_DATA_URL = re.compile(r"^data:([\w.+-]+/[\w.+-]+)?((?:;[\w.+-]+=[\w.+-]+)*);base64,(.*)$", re.S)
+
+
 def read_image(upload: FileStorage, param: str, max_pixels: int) -> Image.Image:
     """Decode one uploaded PNG, JPEG or WEBP image, refusing bombs and other files."""
-    data = upload.read()
+    return decode_image(upload.read(), param, max_pixels)
+
+
+def read_image_reference(reference: Any, param: str, max_pixels: int) -> Image.Image:
+    """Decode a JSON image reference (`{"image_url": "data:..."}`), as OpenAI's JSON edits
+    send it; remote URLs and file ids are refused, never fetched (a server-side request
+    risk)."""
+    if not isinstance(reference, dict) or len(reference) != 1:
+        raise APIError(
+            f"Each '{param}' entry must be an object with one key, 'image_url' (a data URL).",
+            param=param,
+            code="invalid_image",
+        )
+    if "file_id" in reference:
+        raise APIError(
+            "File ids are not supported by this server (it has no Files API): send the image "
+            "as a base64 data URL in 'image_url', or as a multipart file.",
+            param=param,
+            code="unsupported_parameter",
+        )
+    url = reference.get("image_url")
+    if not isinstance(url, str):
+        raise APIError(
+            f"'{param}' needs 'image_url', a base64 data URL (data:image/png;base64,...).",
+            param=param,
+            code="invalid_image",
+        )
+    match = _DATA_URL.match(url)
+    if not match:
+        raise APIError(
+            "This server does not fetch remote image URLs: send the image inline as a base64 "
+            "data URL (data:image/png;base64,...) or as a multipart file.",
+            param=param,
+            code="unsupported_image_url",
+        )
+    try:
+        data = base64.b64decode(match[3], validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise APIError(
+            f"The data URL sent as '{param}' is not valid base64.", param=param,
+            code="invalid_image",
+        ) from exc  # fmt: skip
+    return decode_image(data, param, max_pixels)
+
+
+def decode_image(data: bytes, param: str, max_pixels: int) -> Image.Image:
+    """Decode a PNG, JPEG or WEBP image from bytes, refusing bombs and other files."""
     if not data:
         raise APIError(f"The file sent as '{param}' is empty.", param=param, code="invalid_image")
     try:

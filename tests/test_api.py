@@ -22,10 +22,12 @@ from PIL import Image
 from werkzeug.test import TestResponse
 
 from app import images as images_module
+from app.engine import GenerationSpec
 from app.engine.runner import call_pipeline
 from app.schemas import MAX_SEED
 from tests.support.apps import idle_app, make_app
 from tests.support.client import GENERATIONS, post_generation
+from tests.support.client import generate as generate_json
 from tests.support.errors import assert_openai_error
 from tests.support.images import b64_pixels, max_diff, pixels, png_parameters
 
@@ -114,7 +116,7 @@ def test_b64_json_writes_no_file_and_decodes_at_the_requested_size(
     assert stored_files(app) == before
 
     body = resp.get_json()
-    assert body["size"] == "64x128"
+    assert "size" not in body  # none of OpenAI's three sizes: left out
     (item,) = body["data"]
     assert set(item) == {"b64_json", "seed"}
     image = Image.open(io.BytesIO(base64.b64decode(item["b64_json"])))
@@ -198,7 +200,7 @@ def test_output_compression_changes_the_jpeg_size(client: FlaskClient) -> None:
     assert len(jpeg(10)) < len(jpeg(95))
 
 
-def test_response_echoes_size_quality_and_output_format(client: FlaskClient) -> None:
+def test_response_echoes_values_within_openais_enums(client: FlaskClient) -> None:
     resp = client.post(
         GENERATIONS,
         json={
@@ -206,14 +208,80 @@ def test_response_echoes_size_quality_and_output_format(client: FlaskClient) -> 
             "size": "128x64",
             "quality": "low",
             "response_format": "b64_json",
+            "background": "auto",
         },
     )
     assert resp.status_code == 200, resp.data
     body = resp.get_json()
-    assert body["size"] == "128x64"
+    assert "size" not in body  # 128x64 has no place in OpenAI's size enum
     assert body["quality"] == "low"
     assert body["output_format"] == "png"
+    assert body["background"] == "opaque"  # `auto` resolved to what was made: no alpha
     assert Image.open(io.BytesIO(base64.b64decode(body["data"][0]["b64_json"]))).size == (128, 64)
+
+
+def test_an_official_size_is_echoed(client: FlaskClient) -> None:
+    body = generate_json(client, size="1536x1024", num_inference_steps=1)
+    assert body["size"] == "1536x1024"
+    assert b64_pixels(body["data"][0]).shape == (1024, 1536, 3)
+
+
+@pytest.mark.parametrize(
+    ("fields", "quality"),
+    [({"quality": "auto"}, "medium"), ({"quality": "standard"}, "medium"),
+     ({"quality": "hd"}, "high"), ({"num_inference_steps": 1}, "low"),
+     ({"num_inference_steps": 2}, "medium"), ({"num_inference_steps": 9}, "high"),
+     ({"quality": "low", "num_inference_steps": 3}, "high")],
+)  # fmt: skip
+def test_quality_is_resolved_from_the_steps_that_ran(
+    client: FlaskClient, fields: dict[str, Any], quality: str
+) -> None:
+    # DEFAULT_STEPS=2: low runs 1 step, medium 2, high 3; the nearest count names it.
+    body = {"prompt": "a teapot", "size": "64x64", "response_format": "b64_json", **fields}
+    resp = client.post(GENERATIONS, json=body)
+    assert resp.status_code == 200, resp.data
+    assert resp.get_json()["quality"] == quality
+
+
+def test_usage_counts_prompt_tokens_and_latent_patches(app: Flask, client: FlaskClient) -> None:
+    tokenizer = app.extensions["engine"].shared_pipeline().tokenizer
+    prompt = "a teapot on a wooden table"
+    text = len(tokenizer(prompt)["input_ids"])
+    body = generate_json(client, prompt=prompt, size="128x64", n=2)
+    per_image = (128 // 16) * (64 // 16)  # SD3: VAE downscale 8 x patch 2
+    assert body["usage"] == {
+        "input_tokens": text, "input_tokens_details": {"text_tokens": text, "image_tokens": 0},
+        "output_tokens": 2 * per_image, "total_tokens": text + 2 * per_image,
+    }  # fmt: skip
+    longer = generate_json(client, prompt=prompt, size="128x64", negative_prompt="blurry")
+    assert longer["usage"]["input_tokens"] > text  # the negative prompt is input text too
+
+
+@pytest.mark.parametrize(
+    ("model", "kind"),
+    [("gpt-image-1", "b64_json"), ("gpt-image-1.5", "b64_json"),
+     ("chatgpt-image-latest", "b64_json"), ("dall-e-3", "url"), ("dall-e-2", "url"),
+     ("tiny-random", "url"), (None, "url")],
+)  # fmt: skip
+def test_model_decides_the_default_response_format(
+    client: FlaskClient, model: str | None, kind: str
+) -> None:
+    resp = post_generation(client, model=model)
+    assert resp.status_code == 200, resp.data
+    assert set(resp.get_json()["data"][0]) == {kind, "seed"}
+    explicit = post_generation(client, model=model, response_format="url")
+    assert set(explicit.get_json()["data"][0]) == {"url", "seed"}  # an explicit choice wins
+
+
+def test_safety_identifier_and_a_long_user_are_accepted_and_logged(
+    client: FlaskClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    user = "u" * 1000  # the spec sets no length cap
+    with caplog.at_level("INFO", logger="app.api"):
+        resp = post_generation(client, user=user, safety_identifier="hash-of-alice")
+    assert resp.status_code == 200, resp.data
+    assert "safety_identifier='hash-of-alice'" in caplog.text
+    assert "user='uuuu" in caplog.text and user not in caplog.text  # logged, but bounded
 
 
 def test_quality_low_runs_fewer_steps_than_auto_and_high_more(client: FlaskClient) -> None:
@@ -240,8 +308,8 @@ def test_the_seed_documents_exact_request_works(client: FlaskClient) -> None:
     )
     assert resp.status_code == 200, resp.data
     body = resp.get_json()
-    assert body["size"] == "64x64"
-    assert body["quality"] == "auto"
+    assert "size" not in body  # 64x64 is none of OpenAI's sizes
+    assert body["quality"] == "medium"  # auto: DEFAULT_STEPS, the medium step count
     assert body["output_format"] == "png"
     (item,) = body["data"]
     assert IMAGE_URL.match(item["url"])
@@ -663,3 +731,16 @@ def test_proxy_headers_are_ignored_by_default(client: FlaskClient) -> None:
     )
     assert resp.status_code == 200, resp.data
     assert IMAGE_URL.match(resp.get_json()["data"][0]["url"])
+
+
+def test_counting_usage_leaves_the_pipelines_tokenizers_alone(app: Flask) -> None:
+    # A fast tokenizer's truncation settings change on every call: counting with the copy a
+    # streamed generation is encoding with broke it (CLIP embeddings of 45 and 77 tokens).
+    engine = app.extensions["engine"]
+    shared = engine.shared_pipeline()
+    mine = engine._deriver._thread_tokenizers(shared)["tokenizer"]
+    mine("a prompt", padding="max_length", max_length=77, truncation=True)
+    settings = (mine._tokenizer.truncation, mine._tokenizer.padding)
+    spec = GenerationSpec("a much longer prompt " * 20, "blur", 64, 64, 2, 1.0, (1,))
+    assert engine.usage(spec)["input_tokens"] > 77  # counted untruncated
+    assert (mine._tokenizer.truncation, mine._tokenizer.padding) == settings

@@ -12,6 +12,7 @@ from app.config_docs import (
     LIBRARY_SETTINGS,
     render_configuration_docs,
 )
+from app.engine.families import render_table
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -64,3 +65,14 @@ def test_gunicorn_settings_table_matches_gunicorn_conf() -> None:
     for name in set(reads) - read_gunicorn:
         assert name in SETTINGS, f"gunicorn.conf.py reads {name}, which is not a setting"
         assert reads[name] == str(SETTINGS[name].default), name
+
+
+def test_the_families_table_is_what_app_engine_families_decides() -> None:
+    text = (ROOT / "docs" / "api.md").read_text(encoding="utf-8")
+    start = text.index("\n", text.index("<!-- families table")) + 1
+    table = text[start : text.index("<!-- end of families table -->")].strip()
+    assert "| SD3 (`StableDiffusion3Pipeline`) | yes |" in table  # the scan found the table
+    assert table == render_table(), (
+        "docs/api.md's family table is out of date with app/engine/families.py; paste "
+        "`python -c 'from app.engine.families import render_table; print(render_table())'`"
+    )

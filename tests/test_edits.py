@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +20,10 @@ from app.engine import Task
 from tests.support.apps import make_app
 from tests.support.client import openai_client, post_generation_http
 from tests.support.errors import assert_openai_error
-from tests.support.images import opaque_png, pixels, sdk_pixels, striped_png
+from tests.support.images import b64_pixels, opaque_png, pixels, sdk_pixels, striped_png
 
 STEPS = {"num_inference_steps": 4}
+STEPS_FORM = {"num_inference_steps": "2"}
 
 
 @pytest.fixture(scope="module")
@@ -62,15 +64,22 @@ def test_sdk_edit_without_mask_is_image_to_image(sdk: openai.OpenAI) -> None:
 
 
 @pytest.mark.slow
-def test_sdk_edit_url_and_several_images(sdk: openai.OpenAI, server: str) -> None:
+def test_sdk_edit_n2_as_urls_and_several_images_refused(sdk: openai.OpenAI, server: str) -> None:
     result = sdk.images.edit(
-        image=[("a.png", opaque_png(), "image/png"), ("b.png", opaque_png((80, 48)), "image/png")],
-        prompt="snow", size="64x64", extra_body=STEPS,
+        image=("a.png", opaque_png(), "image/png"), n=2, prompt="snow", size="64x64",
+        extra_body=STEPS,
     )  # fmt: skip
     assert len(result.data) == 2
     for item in result.data:
         assert item.url and item.url.startswith(server)
         assert requests.get(item.url, timeout=10).content.startswith(b"\x89PNG")
+    # Several images are references for one output; SD3's img2img takes one.
+    with pytest.raises(openai.BadRequestError) as refused:
+        sdk.images.edit(
+            image=[("a.png", opaque_png(), "image/png"), ("b.png", opaque_png(), "image/png")],
+            prompt="snow", size="64x64", extra_body=STEPS,
+        )  # fmt: skip
+    assert refused.value.body["param"] == "image"
 
 
 @pytest.mark.slow
@@ -180,9 +189,83 @@ def test_upload_over_the_limit_is_413(model_cache: Path, tmp_path: Path) -> None
     assert_openai_error(response, 413)
 
 
-def test_json_edit_is_415(app: Flask) -> None:
-    response = app.test_client().post("/v1/images/edits", json={"prompt": "x"})
+def _data_url(blob: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(blob).decode()
+
+
+def _multipart_edit(app: Flask, fields: dict, **files: bytes) -> dict:
+    form = {**fields, **{name: (io.BytesIO(blob), f"{name}.png", "image/png")
+                         for name, blob in files.items()}}  # fmt: skip
+    response = app.test_client().post("/v1/images/edits", data=form,
+                                      content_type="multipart/form-data")  # fmt: skip
+    assert response.status_code == 200, response.get_json()
+    return response.get_json()
+
+
+def test_json_edit_with_data_urls_equals_the_multipart_edit(app: Flask) -> None:
+    source, mask = opaque_png(), striped_png(hole=(16, 16, 48, 48))
+    fields = {"prompt": "a red door", "seed": 4, "num_inference_steps": 2,
+              "response_format": "b64_json"}  # fmt: skip
+    references = {"images": [{"image_url": _data_url(source)}],
+                  "mask": {"image_url": _data_url(mask)}}  # fmt: skip
+    response = app.test_client().post("/v1/images/edits", json={**fields, **references})
+    assert response.status_code == 200, response.get_json()
+    as_form = _multipart_edit(app, {k: str(v) for k, v in fields.items()}, image=source, mask=mask)
+    assert np.array_equal(
+        b64_pixels(response.get_json()["data"][0]), b64_pixels(as_form["data"][0])
+    )
+
+
+def test_edit_gives_n_outputs_of_the_first_image(app: Flask) -> None:
+    fields = {"prompt": "snow", "n": "3", "seed": "7", "response_format": "b64_json"}
+    body = _multipart_edit(app, {**fields, **STEPS_FORM}, image=opaque_png((96, 64)))
+    assert [item["seed"] for item in body["data"]] == [7, 8, 9]
+    assert all(b64_pixels(item).shape == (64, 96, 3) for item in body["data"])
+
+
+@pytest.mark.parametrize(
+    ("body", "param", "code"),
+    [({"images": [{"image_url": "https://example.com/a.png"}]}, "images", "unsupported_image_url"),
+     ({"images": [{"file_id": "file-abc"}]}, "images", "unsupported_parameter"),
+     ({"images": [{"image_url": "data:image/png;base64,%%%"}]}, "images", "invalid_image"),
+     ({"images": [{"image_url": "data:image/png;base64,aGVsbG8="}]}, "images", "invalid_image"),
+     ({"images": ["not an object"]}, "images", None),
+     ({"images": []}, "images", None),
+     ({}, "images", None),
+     ({"images": [{"image_url": "DATA"}], "mask": {"image_url": "http://10.0.0.1/m.png"}},
+      "mask", "unsupported_image_url"),
+     ({"images": [{"image_url": "DATA"}, {"image_url": "DATA"}]}, "image",
+      "unsupported_parameter"),
+     ({"images": [{"image_url": "DATA"}], "n": "2"}, "n", None),
+     ({"images": [{"image_url": "DATA"}], "image": "x"}, "image", "unknown_parameter")],
+)  # fmt: skip
+def test_bad_json_edits_are_400_naming_the_field_and_write_nothing(
+    app: Flask, body: dict, param: str, code: str | None
+) -> None:
+    image_dir = Path(app.config["IMAGE_DIR"])
+    before = set(image_dir.iterdir())
+    text = json.dumps({"prompt": "x", **body}).replace(
+        '"DATA"', json.dumps(_data_url(opaque_png()))
+    )
+    response = app.test_client().post("/v1/images/edits", data=text,
+                                      content_type="application/json")  # fmt: skip
+    assert_openai_error(response, 400, param=param, code=code)
+    assert set(image_dir.iterdir()) == before
+
+
+def test_edit_as_plain_text_is_415(app: Flask) -> None:
+    response = app.test_client().post("/v1/images/edits", data="x", content_type="text/plain")
     assert_openai_error(response, 415)
+
+
+def test_variations_default_to_the_default_size_not_the_inputs(app: Flask) -> None:
+    response = app.test_client().post(
+        "/v1/images/variations", content_type="multipart/form-data",
+        data={"image": (io.BytesIO(opaque_png((96, 48))), "a.png", "image/png"),
+              "response_format": "b64_json", **STEPS_FORM},
+    )  # fmt: skip
+    assert response.status_code == 200, response.get_json()
+    assert b64_pixels(response.get_json()["data"][0]).shape == (64, 64, 3)  # DEFAULT_SIZE
 
 
 def test_edits_share_the_loaded_weights(app: Flask) -> None:

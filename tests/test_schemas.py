@@ -62,13 +62,13 @@ def test_absent_fields_resolve_to_the_configured_defaults(ctx: Flask) -> None:
     assert params.spec.prompt == "a lighthouse at dusk"
     assert len(params.spec.seeds) == 1
     assert (params.spec.width, params.spec.height) == (width, height)
-    assert params.output.quality == "auto"
+    assert params.output.quality == "medium"  # auto resolved: DEFAULT_STEPS is medium
     assert params.spec.steps == config["DEFAULT_STEPS"]
     assert params.spec.guidance_scale == config["DEFAULT_GUIDANCE_SCALE"]
     assert params.output.response_format == "url"
     assert params.output.output_format == "png"
     assert params.output.compression == 100
-    assert params.output.background == "auto"
+    assert params.output.background == "opaque"
     assert params.spec.negative_prompt is None
     assert params.request.model is None
     assert params.request.user is None

@@ -62,7 +62,9 @@ def test_sdk_generate_b64_json_n2_with_sizes(sdk: openai.OpenAI) -> None:
     images = sdk_pixels(result)
     assert all(image.shape == (64, 128, 3) for image in images)
     assert not np.array_equal(images[0], images[1])
-    assert result.size == "128x64"
+    assert result.size is None  # 128x64 is none of OpenAI's sizes: left out
+    assert result.quality == "medium" and result.background == "opaque"
+    assert result.usage and result.usage.output_tokens == 2 * (128 // 16) * (64 // 16)
 
 
 def test_sdk_same_seed_gives_same_image(sdk: openai.OpenAI) -> None:

@@ -15,6 +15,7 @@ import inspect
 import threading
 from typing import Any
 
+from app.engine.families import task_class
 from app.engine.work import Task
 from app.exceptions import UnsupportedParameter
 
@@ -51,26 +52,12 @@ class PipelineDeriver:
 
 def task_pipeline_class(shared: Any, task: Task) -> type:
     """Return the pipeline class for `task` in the shared pipeline's model family."""
-    if task == Task.TEXT_TO_IMAGE:
-        return type(shared)
-    from diffusers.pipelines import auto_pipeline
-
-    mapping = {
-        Task.IMAGE_TO_IMAGE: auto_pipeline.AUTO_IMAGE2IMAGE_PIPELINES_MAPPING,
-        Task.INPAINT: auto_pipeline.AUTO_INPAINT_PIPELINES_MAPPING,
-    }[task]
-    found = auto_pipeline._get_task_class(mapping, type(shared).__name__, False)
+    found = task_class(type(shared), task)
     if found is None:
         raise UnsupportedParameter(
             "image", f"The served model has no {task} pipeline; edits are not available."
         )
     return found
-
-
-@functools.cache
-def call_parameters(pipeline_class: type) -> frozenset[str]:
-    """Return the arguments a pipeline class's __call__ takes (looked up once per class)."""
-    return frozenset(inspect.signature(pipeline_class.__call__).parameters)
 
 
 @functools.cache

@@ -13,6 +13,7 @@ pipeline is loaded) and `pipeline_call` (how a derived pipeline is called).
 
 from __future__ import annotations
 
+import copy
 import functools
 import logging
 import math
@@ -26,12 +27,14 @@ from typing import Any
 import torch
 from PIL import Image
 
+from app.engine import families
 from app.engine.adapters import AdapterSlots
 from app.engine.compile_watch import CompileWatch
-from app.engine.derive import PipelineDeriver, call_parameters
+from app.engine.derive import PipelineDeriver
 from app.engine.loading import explain_load_failure, load_pipeline, resolve_device, resolve_dtype
 from app.engine.options import EngineOptions, apply_options, release_offloaded
 from app.engine.runner import PipelineCall, call_pipeline, run_batch
+from app.engine.usage import token_usage
 from app.engine.work import GenerationSpec, PartialCallback, Task, Work
 from app.exceptions import (
     FatalDeviceError,
@@ -39,7 +42,6 @@ from app.exceptions import (
     LoraNotFound,
     ModelLoadFailed,
     ModelLoading,
-    UnsupportedParameter,
 )
 from app.lane import Job, Lane
 from app.loras import LoraLibrary
@@ -98,6 +100,8 @@ class Engine:
         self._deriver = PipelineDeriver()
         # LoRA adapters on the shared modules; None when LORA_DIR is unset.
         self.adapters = AdapterSlots(loras, lora_cache_size) if loras is not None else None
+        self._counting_lock = threading.Lock()
+        self._counting_tokenizer: Any = None  # made on first use; False: the model has none
         self.device: torch.device | None = None
         self.dtype: torch.dtype | None = None
 
@@ -201,10 +205,7 @@ class Engine:
     ) -> Job[Work]:
         """Derive this request's pipeline and generators and admit it to the queue."""
         shared = self.shared_pipeline()
-        if spec.negative_prompt and "negative_prompt" not in call_parameters(type(shared)):
-            raise UnsupportedParameter(
-                "negative_prompt", "The served model does not support negative_prompt."
-            )
+        families.check(families.describe(type(shared)), spec)
         if spec.loras:
             if self.adapters is None:
                 raise LoraNotFound("LoRA adapters are off on this server (LORA_DIR is unset).")
@@ -221,6 +222,23 @@ class Engine:
         if self.on_submit:
             self.on_submit(job)
         return job
+
+    def capabilities(self) -> families.Capabilities:
+        """Return what the served pipeline can do (app/engine/families.py)."""
+        return families.describe(type(self.shared_pipeline()))
+
+    def usage(self, spec: GenerationSpec) -> dict[str, Any]:
+        """Return OpenAI's `usage` for `spec` (the rule: app/engine/usage.py)."""
+        shared = self.shared_pipeline()
+        # A copy of its own, under a lock: a fast tokenizer changes its truncation settings
+        # on every call, and the thread's copies may be encoding a streamed prompt right now.
+        with self._counting_lock:
+            if self._counting_tokenizer is None:
+                first = _first_tokenizer(shared)
+                self._counting_tokenizer = copy.deepcopy(first) if first is not None else False
+            return token_usage(
+                spec, self._counting_tokenizer or None, families.latent_patch(shared)
+            )
 
     def complete(self, job: Job[Work]) -> list[Image.Image]:
         """Wait for a submitted job's turn in the lane and return its images."""
@@ -270,3 +288,10 @@ class Engine:
         log.critical("fatal device error, the worker will exit: %s", exc)
         if self.on_fatal:
             self.on_fatal()
+
+
+def _first_tokenizer(shared: Any) -> Any:
+    """Return the pipeline's first tokenizer (`tokenizer`, then `tokenizer_2`, ...), or None."""
+    components = shared.components
+    names = sorted(name for name in components if name.startswith("tokenizer"))
+    return next((components[name] for name in names if components[name] is not None), None)

@@ -16,9 +16,15 @@ def partial_steps(steps: int, partial_images: int) -> list[int]:
     return sorted(step for step in picks if 0 <= step < steps - 1)
 
 
-def decode_latents(pipeline: Any, latents: torch.Tensor) -> list[Image.Image]:
+def decode_latents(
+    pipeline: Any, latents: torch.Tensor, width: int, height: int
+) -> list[Image.Image]:
     """Decode intermediate latents to preview images, as the pipeline's last step does."""
     vae = pipeline.vae
+    if latents.dim() == 3 and hasattr(pipeline, "_unpack_latents"):
+        # FLUX.1 denoises packed (batch, tokens, channels x 2 x 2) latents: unpack them to
+        # the VAE's (batch, channels, h, w), as its final decode does.
+        latents = pipeline._unpack_latents(latents, height, width, pipeline.vae_scale_factor)
     latents = latents / vae.config.scaling_factor + (getattr(vae.config, "shift_factor", 0) or 0)
     with torch.no_grad():
         decoded = vae.decode(latents.to(vae.dtype), return_dict=False)[0]

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from app.engine.derive import call_parameters
+from app.engine.families import accepted_arguments
 from app.engine.previews import decode_latents, partial_steps
 from app.engine.work import GenerationSpec, Task, Work
 from app.exceptions import (
@@ -65,8 +65,10 @@ def run_batch(jobs: list[Job[Work]], call: PipelineCall = call_pipeline) -> list
     pipeline = works[0].pipeline
     arguments = call_arguments(specs)
     arguments["generator"] = [generator for work in works for generator in work.generators]
-    if "callback_on_step_end" in call_parameters(type(pipeline)):
-        arguments["callback_on_step_end"] = step_end_callback(jobs)
+    arguments["callback_on_step_end"] = step_end_callback(jobs)
+    # Only what this class takes: app/engine/families.py:check has refused any request
+    # field it cannot honour, so what is dropped here are defaults (strength, a callback).
+    arguments = accepted_arguments(pipeline, arguments)
     try:
         images = call(pipeline, arguments)
     except DeadlineExceeded:
@@ -94,6 +96,13 @@ def call_arguments(specs: list[GenerationSpec]) -> dict[str, Any]:
         "guidance_scale": first.guidance_scale,
         "output_type": "pil",
     }
+    if len(specs) == 1 and len(first.references) > 1:
+        # Several reference images for the outputs of one prompt (FLUX.2, Qwen-Image edit).
+        arguments.update(prompt=first.prompt, num_images_per_prompt=len(first.seeds),
+                         image=list(first.references), strength=first.strength)  # fmt: skip
+        if first.negative_prompt:
+            arguments["negative_prompt"] = first.negative_prompt
+        return arguments
     if len(specs) == 1 and first.task == Task.TEXT_TO_IMAGE:
         arguments["prompt"] = first.prompt
         arguments["num_images_per_prompt"] = len(first.seeds)
@@ -124,8 +133,9 @@ def step_end_callback(jobs: list[Job[Work]]) -> Callable[..., dict[str, Any]]:
             steps_run = getattr(pipeline, "_num_timesteps", None) or lead.spec.steps
             picks = partial_steps(steps_run, lead.spec.partial_images)
             if step in picks:
+                size = lead.spec.width, lead.spec.height
                 try:
-                    preview = decode_latents(pipeline, kwargs["latents"])[0]
+                    preview = decode_latents(pipeline, kwargs["latents"], *size)[0]
                     lead.on_partial(picks.index(step), preview)
                 except Exception:  # a preview must never fail the generation
                     log.warning("could not decode a partial image", exc_info=True)

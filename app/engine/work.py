@@ -24,7 +24,8 @@ class GenerationSpec:
     """What the pipeline needs for one request: one image per seed.
 
     For image-to-image and inpainting, `init_images[i]` (and `masks[i]`) belong to the
-    output image made with `seeds[i]`, already at the output size.
+    output image made with `seeds[i]`, already at the output size; `references` are all
+    the input images of an edit (the first is the one edited, the mask's), at that size.
     """
 
     prompt: str
@@ -41,6 +42,10 @@ class GenerationSpec:
     partial_images: int = 0
     # LoRA adapters as (name, scale) pairs, in the request's order; () runs the bare model.
     loras: tuple[tuple[str, float], ...] = ()
+    references: tuple[Image.Image, ...] = ()
+    # Request fields sent rather than defaulted, that a pipeline might not take (strength):
+    # app/engine/families.py refuses them there instead of dropping them.
+    sent: frozenset[str] = frozenset()
 
     def batch_key(self) -> Hashable:
         """Return what specs must share to run in one pipeline call.
@@ -72,4 +77,8 @@ class Work:
     @property
     def batchable(self) -> bool:
         """Return whether other requests may share this one's pipeline call."""
-        return self.on_partial is None and self.spec.partial_images == 0
+        return (
+            self.on_partial is None
+            and self.spec.partial_images == 0
+            and len(self.spec.references) <= 1  # several references: one call of their own
+        )
