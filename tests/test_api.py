@@ -23,9 +23,9 @@ from PIL import Image
 from werkzeug.test import TestResponse
 
 from app import create_app
-from app import images as images_module
 from app.engine.runner import call_pipeline
 from app.schemas import MAX_SEED
+from app.storage import local as local_store
 from tests.conftest import FAST, assert_openai_error, b64_pixels, make_app, pixels
 
 GENERATIONS = "/v1/images/generations"
@@ -545,7 +545,7 @@ def test_full_disk_is_500_and_leaves_no_files(
             raise OSError(errno.ENOSPC, "No space left on device", str(image_dir(app)))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(images_module.os, function, disk_full)
+    monkeypatch.setattr(local_store.os, function, disk_full)
     resp = generate(client, n=2)
     monkeypatch.undo()
 
