@@ -115,7 +115,7 @@ class Engine:
         spec = GenerationSpec("warm-up", None, 64, 64, 2, 1.0, (0,))
         try:
             work = Work(spec, self._deriver.derive(self._shared), spec.generators())
-            self._run_batch([Job(work, images=1, deadline=math.inf)])
+            self._run_batch([Job(work, images=1, deadline=math.inf, cost=spec.cost())])
         except Exception as exc:
             self._failure = "The warm-up generation failed; see the server log."
             log.error("warm-up generation failed", exc_info=exc)
@@ -187,6 +187,7 @@ class Engine:
             images=len(spec.seeds),
             deadline=deadline,
             batch_key=spec.batch_key() if work.batchable else None,
+            cost=spec.cost(),
         )
         self.lane.enqueue(job)
         if self.on_submit:
