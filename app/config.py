@@ -310,6 +310,10 @@ LIBRARY_SETTINGS: dict[str, Documented] = {
         "unset",
         "Hugging Face token, for gated models such as SD3 (read by `huggingface_hub`).",
     ),
+    "CUDA_VISIBLE_DEVICES": Documented(
+        "unset (every GPU)",
+        "GPUs the process may see (read by CUDA); one per replica, with `DEVICE=cuda:0`.",
+    ),
     "AWS_ACCESS_KEY_ID": Documented(
         "unset", "S3 access key, with `IMAGE_STORE=s3` (read by boto3; never logged)."
     ),
