@@ -66,6 +66,21 @@ if os.environ.get("LOG_FORMAT", "text").strip().lower() == "json":
     }
 
 
+def close_listeners(worker):
+    """Stop accepting and close this worker's copy of the listening sockets, now.
+
+    On a full stop the master has closed its copy already, so the socket closes for good:
+    a connection nginx opens meanwhile is refused at once and retried on another replica.
+    Left open until the worker exits, it would sit unaccepted in the backlog and be reset
+    once the worker exits, too late for nginx to retry (a 502). On a reload (SIGHUP) the
+    master still holds the socket, and the new worker accepts on it.
+    """
+    if hasattr(worker, "set_accept_enabled"):  # gthread: unregister before closing
+        worker.set_accept_enabled(False)
+        for listener in worker.sockets:
+            listener.close()
+
+
 def post_worker_init(worker):
     """Drain on SIGTERM, and exit to be restarted after a fatal device error."""
     from app import drain
@@ -76,6 +91,7 @@ def post_worker_init(worker):
     def drain_then_stop(signum, frame):
         drain(app)
         stop(signum, frame)
+        close_listeners(worker)
 
     signal.signal(signal.SIGTERM, drain_then_stop)
     # A SIGTERM to ourselves drains the other requests; the master starts a new worker.

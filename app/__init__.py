@@ -69,7 +69,7 @@ def create_app(
     from app.engine.loading import resolve_device
     from app.engine.options import EngineOptions, OptionError
     from app.errors import register_error_handlers
-    from app.images import ImageEncoder, ImageStore
+    from app.images import ImageEncoder
     from app.lane import Lane
     from app.logs import configure_logging
     from app.loras import LoraLibrary
@@ -77,6 +77,7 @@ def create_app(
     from app.openapi import init_openapi
     from app.request_ids import init_request_ids
     from app.retention import init_retention
+    from app.storage import create_store
 
     # No built-in static route: app/files.py decides what under static/ may be served.
     app = Flask(__name__, static_folder=None, instance_path=str(PROJECT_ROOT / "instance"))
@@ -95,8 +96,7 @@ def create_app(
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops,
                                 x_port=hops, x_prefix=hops)  # fmt: skip
 
-    store = ImageStore(app.config["IMAGE_DIR"])
-    store.ensure_directory()
+    store = create_store(app.config)  # refuses settings that cannot work, at start
     encoder = ImageEncoder(app.config["PNG_COMPRESS_LEVEL"], app.config["ENCODE_THREADS"])
     metrics = Metrics()
     lane = Lane(
@@ -155,5 +155,7 @@ def create_app(
 
     if load_model:
         engine.start()
-        sweeper.start()
+        store.start()
+        if store.kind == "local":  # S3 objects expire by the bucket's lifecycle rule
+            sweeper.start()
     return app

@@ -48,6 +48,7 @@ OUTPUT = "Output encoding"
 HTTP = "HTTP and logs"
 KEYS = "API keys"
 RETENTION = "Image retention"
+STORAGE = "Image storage: a local directory or S3-compatible object storage"
 
 SETTINGS: dict[str, Setting] = {
     "MODEL_ID": Setting(
@@ -288,17 +289,54 @@ SETTINGS: dict[str, Setting] = {
     "IMAGE_TTL_SECONDS": Setting(
         3600.0, float, RETENTION,
         "How long an image URL lives, like OpenAI's 60-minute URLs; after it the URL answers "
-        "404 and the file is deleted. `0` keeps images forever.",
+        "404 and the file is deleted, and no cache keeps it longer. `0` keeps images forever "
+        "(local store, or S3 with `S3_PUBLIC_BASE_URL`). With `IMAGE_STORE=s3` and presigned "
+        "URLs, at most `604800` (7 days).",
     ),
     "IMAGE_STORE_MAX_BYTES": Setting(
         0, int, RETENTION,
-        "Largest total size of the image directory; over it, the oldest images are deleted "
-        "first. Keep it far above one request's images.",
+        "Largest total size of the image directory (local store only); over it, the oldest "
+        "images are deleted first. Keep it far above one request's images.",
         "`0` (no cap)",
     ),
     "IMAGE_SWEEP_INTERVAL_SECONDS": Setting(
         60.0, float, RETENTION,
         "Most time between two sweeps of the image directory (at least ten sweeps per TTL).",
+    ),
+    "IMAGE_STORE": Setting(
+        "local", str, STORAGE,
+        "`local`: images are files in `IMAGE_DIR`, served by nginx or the app. `s3`: one "
+        "object per image in `S3_BUCKET`, answered with a presigned URL valid "
+        "`IMAGE_TTL_SECONDS` (at most 7 days), so every replica's URLs work anywhere (see "
+        "[S3](deployment.md#images-in-s3-compatible-storage)). Credentials come from boto3's "
+        "chain (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, "
+        "`AWS_PROFILE`, instance or pod roles) and are never logged.",
+    ),
+    "S3_BUCKET": Setting(
+        "", str, STORAGE, "The bucket (required with `IMAGE_STORE=s3`).", "unset"
+    ),
+    "S3_PREFIX": Setting(
+        "images/", str, STORAGE,
+        "Key prefix of the images; the lifecycle rule (`apply-s3-lifecycle`) expires it.",
+    ),
+    "S3_ENDPOINT_URL": Setting(
+        "", str, STORAGE,
+        "Unset for AWS; the endpoint of MinIO, SeaweedFS, Cloudflare R2, Ceph "
+        "(`http://127.0.0.1:8333`).",
+        "unset (AWS)",
+    ),
+    "S3_REGION": Setting("us-east-1", str, STORAGE, "Region the requests are signed for."),
+    "S3_ADDRESSING_STYLE": Setting(
+        "auto", str, STORAGE,
+        "`auto`, `path` (`endpoint/bucket/key`: most self-hosted stores) or `virtual` "
+        "(`bucket.endpoint/key`).",
+    ),
+    "S3_PUBLIC_BASE_URL": Setting(
+        "", str, STORAGE,
+        "A public bucket or a CDN in front of it (`https://cdn.example.com`): URLs become "
+        "`<base>/<key>`, unsigned; they live until the lifecycle rule deletes the object "
+        "(whole days).",
+        "unset (presigned URLs)",
     ),
 }  # fmt: skip
 

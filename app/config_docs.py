@@ -50,6 +50,22 @@ LIBRARY_SETTINGS: dict[str, Documented] = {
         "unset",
         "Hugging Face token, for gated models such as SD3 (read by `huggingface_hub`).",
     ),
+    "CUDA_VISIBLE_DEVICES": Documented(
+        "unset (every GPU)",
+        "GPUs the process may see (read by CUDA); one per replica, with `DEVICE=cuda:0`.",
+    ),
+    "AWS_ACCESS_KEY_ID": Documented(
+        "unset", "S3 access key, with `IMAGE_STORE=s3` (read by boto3; never logged)."
+    ),
+    "AWS_SECRET_ACCESS_KEY": Documented(
+        "unset", "S3 secret key, with `IMAGE_STORE=s3` (read by boto3; never logged)."
+    ),
+    "AWS_SESSION_TOKEN": Documented("unset", "Temporary S3 credentials' token (read by boto3)."),
+    "AWS_PROFILE": Documented(
+        "unset",
+        "A profile of `~/.aws/credentials` (read by boto3). Without any of these, boto3 asks "
+        "the instance or pod role (IRSA, EKS Pod Identity).",
+    ),
 }
 
 CONFIG_DOCS_COMMAND = ".venv/bin/python scripts/gen_config_docs.py"

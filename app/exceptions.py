@@ -234,6 +234,31 @@ class StorageError(APIError):
     log_level = logging.ERROR
 
 
+class StorageUnavailable(APIError):
+    """The image store (S3) cannot be reached or refuses us; nothing was stored (503).
+
+    `reason` is for the log; the client is told to retry or to ask for `b64_json`, which
+    never touches the store.
+    """
+
+    status = 503
+    type = "server_error"
+    code = "storage_unavailable"
+    message = (
+        "The image store is unavailable, so no image URL can be made; retry after the "
+        "number of seconds in the Retry-After header, or ask for response_format=b64_json."
+    )
+    retry_after = 5
+    log_level = logging.WARNING
+
+    def __init__(self, reason: str) -> None:
+        super().__init__()
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return self.reason
+
+
 class InternalError(APIError):
     """Anything unexpected: answered without details, logged with the request id (500)."""
 

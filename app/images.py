@@ -1,4 +1,4 @@
-"""Encode generated images and store them atomically under unguessable names."""
+"""Encode generated images; the names stores give them (app/storage/)."""
 
 from __future__ import annotations
 
@@ -6,16 +6,12 @@ import io
 import json
 import os
 import re
-import secrets
-import tempfile
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
-from app.exceptions import StorageError
 from app.png import encode_png
 
 # What `output_format` names, mapped to Pillow's format and the file extension.
@@ -80,44 +76,3 @@ class ImageEncoder:
         # as Pillow's quality; 0 is the smallest file.
         image.convert("RGB").save(buffer, pil_format, quality=compression)
         return buffer.getvalue()
-
-
-class ImageStore:
-    """A directory of generated images, each written whole or not at all."""
-
-    def __init__(self, directory: str | os.PathLike[str]) -> None:
-        self.directory = Path(directory)
-
-    def ensure_directory(self) -> None:
-        """Create the image directory if it is missing."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-
-    def save_all(self, blobs: list[bytes], extension: str) -> list[str]:
-        """Write each blob under a fresh random name; on any failure write none."""
-        names: list[str] = []
-        try:
-            for blob in blobs:
-                names.append(self._save(blob, extension))
-        except OSError as exc:
-            for name in names:
-                (self.directory / name).unlink(missing_ok=True)
-            raise StorageError() from exc
-        return names
-
-    def _save(self, blob: bytes, extension: str) -> str:
-        # 1. Write to a hidden temporary file in the same directory (same filesystem).
-        name = f"{secrets.token_hex(16)}.{extension}"
-        fd, tmp_path = tempfile.mkstemp(dir=self.directory, prefix=".tmp-", suffix=".part")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(blob)
-                handle.flush()
-                os.fsync(handle.fileno())
-            # 2. Readable by a web server running as another user (nginx serves it).
-            os.chmod(tmp_path, 0o644)
-            # 3. Rename into place: readers see the whole file or nothing.
-            os.replace(tmp_path, self.directory / name)
-        except BaseException:
-            Path(tmp_path).unlink(missing_ok=True)
-            raise
-        return name

@@ -7,6 +7,12 @@ estimate of when to retry. Request threads run their own work: the thread that r
 the head of the queue with a free slot becomes the leader of a batch, takes compatible
 waiting jobs along (micro-batching), runs the pipeline once for all of them, and hands
 each follower its own images.
+
+`Retry-After` comes from a cost model of what is queued and running: each job carries a
+`cost` (the engine gives pixels × steps × images), and the lane learns online what a
+pipeline call of a given cost takes (`CostModel`: a fixed part per call plus seconds per
+unit of cost, fitted over recent calls). With mixed sizes a per-image average is off by
+the ratio of the sizes; a per-unit fit is not.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -27,12 +33,17 @@ W = TypeVar("W")
 
 @dataclass(eq=False)
 class Job(Generic[W]):
-    """One request's `work`: `images` images, done by `deadline` (time.monotonic())."""
+    """One request's `work`: `images` images, done by `deadline` (time.monotonic()).
+
+    `cost` is the job's size for the service-time model (pixels × steps × images for a
+    generation); 0 counts it as `images` units.
+    """
 
     work: W
     images: int
     deadline: float
     batch_key: Hashable = None
+    cost: float = 0.0
     enqueued_at: float = field(default_factory=time.monotonic)
     started_at: float | None = None
     cancelled: bool = False
@@ -43,6 +54,52 @@ class Job(Generic[W]):
     def expired(self, now: float | None = None) -> bool:
         """Return whether nobody is waiting for this job any more."""
         return self.cancelled or (now or time.monotonic()) >= self.deadline
+
+    @property
+    def units(self) -> float:
+        return self.cost if self.cost > 0 else float(self.images)
+
+
+class CostModel:
+    """Seconds of a pipeline call as `fixed + per_unit × cost`, fitted over recent calls.
+
+    Until the first call is measured, a call is guessed at `initial_seconds_per_image` per
+    image. Least squares over the last `window` calls; when their costs barely differ
+    (one size only), or the fit says a negative part, the line goes through the origin.
+    """
+
+    def __init__(self, initial_seconds_per_image: float = 1.0, window: int = 32) -> None:
+        self.initial_seconds_per_image = initial_seconds_per_image
+        self._samples: deque[tuple[float, float]] = deque(maxlen=window)
+        self.fixed = 0.0
+        self.per_unit = 0.0
+
+    @property
+    def measured(self) -> bool:
+        return bool(self._samples)
+
+    def observe(self, cost: float, seconds: float) -> None:
+        """Learn from one pipeline call of total `cost` that took `seconds`."""
+        self._samples.append((cost, seconds))
+        n = len(self._samples)
+        mean_x = sum(x for x, _ in self._samples) / n
+        mean_y = sum(y for _, y in self._samples) / n
+        var_x = sum((x - mean_x) ** 2 for x, _ in self._samples)
+        if n >= 2 and var_x > (0.05 * mean_x) ** 2 * n:
+            slope = sum((x - mean_x) * (y - mean_y) for x, y in self._samples) / var_x
+            fixed = mean_y - slope * mean_x
+            if slope > 0 and fixed >= 0:
+                self.fixed, self.per_unit = fixed, slope
+                return
+        # One size only (or a fit that makes no physical sense): seconds per unit on average.
+        self.fixed, self.per_unit = 0.0, mean_y / mean_x if mean_x > 0 else 0.0
+
+    def predict(self, jobs: Iterable[Job[Any]]) -> float:
+        """Return the expected seconds of one call running `jobs`."""
+        jobs = list(jobs)
+        if not self.measured:
+            return self.initial_seconds_per_image * sum(job.images for job in jobs)
+        return self.fixed + self.per_unit * sum(job.units for job in jobs)
 
 
 # run_batch(jobs) returns one result per job, in order, or raises for all of them.
@@ -70,10 +127,10 @@ class Lane(Generic[W]):
         self._running_batches = 0
         self._running_images = 0
         self._draining = False
-        # Recent service time per image, for Retry-After estimates: a guess until the
-        # first generation is measured, then a moving average of measurements only.
-        self._seconds_per_image = initial_seconds_per_image
-        self._measured = False
+        # Service times, for Retry-After: a guess until the first call is measured.
+        self.cost_model = CostModel(initial_seconds_per_image)
+        # Running batches: (started_at, expected seconds), for what is left of them.
+        self._running: dict[int, tuple[float, float]] = {}
 
     # -- state, for probes and metrics ------------------------------------------------
 
@@ -103,11 +160,20 @@ class Lane(Generic[W]):
         with self._cond:
             return not self._waiting and not self._running_batches
 
-    def retry_after(self) -> int:
-        """Estimate the seconds until the queue ahead of a new request has cleared."""
-        ahead = self.queued_images + self._running_images
+    def expected_wait(self, now: float | None = None) -> float:
+        """Estimate the seconds until what is queued and running now has finished."""
+        now = time.monotonic() if now is None else now
+        model = self.cost_model
+        running = sum(max(0.0, started + expected - now)
+                      for started, expected in self._running.values())  # fmt: skip
+        # Queued jobs run one call each (batches would only make it shorter).
+        queued = sum(model.predict([job]) for job in self._waiting)
         slots = 1 if math.isinf(self.slots) else self.slots
-        return max(1, math.ceil(ahead * self._seconds_per_image / slots))
+        return (running + queued) / slots
+
+    def retry_after(self) -> int:
+        """Return whole seconds until the queue ahead of a new request has cleared."""
+        return max(1, math.ceil(self.expected_wait()))
 
     # -- running ------------------------------------------------------------------
 
@@ -199,29 +265,27 @@ class Lane(Generic[W]):
                 with self._cond:
                     self._running_images += batch[0].images
             started = time.monotonic()
+            with self._cond:
+                self._running[id(batch)] = (started, self.cost_model.predict(batch))
             try:
                 results = run_batch(batch)
             except BaseException as exc:  # every job of the batch shares the failure
                 for job in batch:
                     job.error = exc
             else:
-                self._record_service_time(batch, time.monotonic() - started)
+                with self._cond:
+                    elapsed = time.monotonic() - started
+                    self.cost_model.observe(sum(job.units for job in batch), elapsed)
                 for job, result in zip(batch, results, strict=True):
                     job.result = result
         finally:
             with self._cond:
+                self._running.pop(id(batch), None)
                 for job in batch:
                     job.done = True
                 self._running_batches -= 1
                 self._running_images -= sum(job.images for job in batch)
                 self._cond.notify_all()
-
-    def _record_service_time(self, batch: list[Job[W]], seconds: float) -> None:
-        per_image = seconds / max(1, sum(job.images for job in batch))
-        if not self._measured:
-            self._seconds_per_image, self._measured = per_image, True
-        else:
-            self._seconds_per_image = 0.8 * self._seconds_per_image + 0.2 * per_image
 
     @staticmethod
     def _outcome(job: Job[W]) -> Any:

@@ -15,25 +15,18 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from flask import Response, current_app, stream_with_context, url_for
+from flask import Response, current_app, stream_with_context
 from PIL import Image
 
 from app.engine import Engine, GenerationSpec, Task
 from app.errors import render_error
-from app.images import FORMATS, ImageEncoder, ImageStore
+from app.images import FORMATS, ImageEncoder
 from app.spec import Endpoint, OutputOptions
+from app.storage import ImageStore
 
 # Seconds between SSE comments while nothing else is sent: keeps proxies from timing
 # out and notices a client that has gone away.
 STREAM_KEEPALIVE = 1.0
-
-
-def _image_url(name: str) -> str:
-    """Return the absolute URL of a stored image, behind any trusted proxy."""
-    base = current_app.config["PUBLIC_BASE_URL"]
-    if base:
-        return f"{base.rstrip('/')}/static/images/{name}"
-    return url_for("files.image", name=name, _external=True)
 
 
 def encode(image: Image.Image, seed: int, spec: GenerationSpec, output: OutputOptions) -> bytes:
@@ -100,8 +93,8 @@ def render(
         data = [{"b64_json": _b64(blob)} for blob in blobs]
     else:
         store: ImageStore = current_app.extensions["image_store"]
-        names = store.save_all(blobs, FORMATS[output.output_format][1])
-        data = [{"url": _image_url(name)} for name in names]
+        urls = store.save_all(blobs, FORMATS[output.output_format][1])
+        data = [{"url": url} for url in urls]
     for item, seed in zip(data, spec.seeds, strict=True):
         item["seed"] = seed
     body = {"created": int(time.time()), "data": data, **_echoed_fields(spec, output)}

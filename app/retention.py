@@ -6,6 +6,10 @@ store holds more than `IMAGE_STORE_MAX_BYTES`, the oldest images first. It only 
 looks at finished image names (`IMAGE_NAME`), so a `.tmp-*.part` file being written is
 never touched. `flask --app 'app:create_app(load_model=False)' cleanup-images` runs the
 same sweep once, for cron.
+
+With `IMAGE_STORE=s3` no sweeper runs: `apply-s3-lifecycle` puts a bucket lifecycle rule
+that expires the prefix (whole days, at least the TTL), and `cleanup-images` deletes the
+prefix's objects older than the TTL, for stores without lifecycle rules.
 """
 
 from __future__ import annotations
@@ -150,6 +154,7 @@ def init_retention(app: Flask) -> Sweeper:
     )
     app.extensions["image_sweeper"] = sweeper
     app.cli.add_command(cleanup_images)
+    app.cli.add_command(apply_s3_lifecycle)
     return sweeper
 
 
@@ -157,10 +162,40 @@ def init_retention(app: Flask) -> Sweeper:
 @with_appcontext
 def cleanup_images() -> None:
     """Delete expired images and the oldest ones over IMAGE_STORE_MAX_BYTES, once."""
+    store = current_app.extensions["image_store"]
+    if store.kind == "s3":
+        deleted, kept = store.sweep_expired()
+        click.echo(f"removed {deleted} expired objects; kept {kept} under "
+                   f"s3://{store.settings.bucket}/{store.settings.prefix}")  # fmt: skip
+        return
     sweeper: Sweeper = current_app.extensions["image_sweeper"]
     result = sweep(sweeper.directory, sweeper.ttl, sweeper.max_bytes)
     click.echo(
         f"removed {result.expired} expired and {result.evicted} over the cap "
         f"({result.freed_bytes} bytes); kept {result.kept} ({result.kept_bytes} bytes) "
         f"in {sweeper.directory}"
+    )
+
+
+@click.command("apply-s3-lifecycle")
+@with_appcontext
+def apply_s3_lifecycle() -> None:
+    """Put the bucket lifecycle rule that expires S3_PREFIX after IMAGE_TTL_SECONDS."""
+    store = current_app.extensions["image_store"]
+    if store.kind != "s3":
+        raise click.ClickException("IMAGE_STORE is not s3: local images are swept instead")
+    if store.settings.ttl <= 0:
+        raise click.ClickException("IMAGE_TTL_SECONDS=0 keeps images forever: no rule to put")
+    try:
+        rule = store.apply_lifecycle()
+    except Exception as exc:  # a store without lifecycle support says so here
+        from app.storage.s3 import explain
+
+        raise click.ClickException(
+            f"the store did not take the lifecycle rule ({explain(exc, store.settings.bucket)}"
+            f": {exc}). Without lifecycle support, run `cleanup-images` from cron instead."
+        ) from exc
+    click.echo(
+        f"s3://{store.settings.bucket}/{store.settings.prefix}: objects expire after "
+        f"{rule['Expiration']['Days']} day(s) (rule {rule['ID']})"
     )

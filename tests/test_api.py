@@ -21,10 +21,10 @@ from flask.testing import FlaskClient
 from PIL import Image
 from werkzeug.test import TestResponse
 
-from app import images as images_module
 from app.engine import GenerationSpec
 from app.engine.runner import call_pipeline
 from app.schemas import MAX_SEED
+from app.storage import local as local_store
 from tests.support.apps import idle_app, make_app
 from tests.support.client import GENERATIONS, post_generation
 from tests.support.client import generate as generate_json
@@ -610,7 +610,7 @@ def test_full_disk_is_500_and_leaves_no_files(
             raise OSError(errno.ENOSPC, "No space left on device", str(image_dir(app)))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(images_module.os, function, disk_full)
+    monkeypatch.setattr(local_store.os, function, disk_full)
     resp = post_generation(client, n=2)
     monkeypatch.undo()
 

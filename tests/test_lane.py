@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from app.exceptions import DeadlineExceeded, Draining, Overloaded
-from app.lane import BatchRunner, Job, Lane
+from app.lane import BatchRunner, CostModel, Job, Lane
 from tests.support import waiting
 
 WAIT = 10.0  # upper bound for every wait; a healthy run never gets near it
@@ -27,8 +27,10 @@ def wait_until(predicate: Callable[[], bool], what: str) -> None:
     waiting.wait_until(predicate, what, timeout=WAIT, interval=0.002)
 
 
-def job(work: Any, images: int = 1, key: Hashable = None, timeout: float = 30.0) -> Job:
-    return Job(work, images, time.monotonic() + timeout, batch_key=key)
+def job(
+    work: Any, images: int = 1, key: Hashable = None, timeout: float = 30.0, cost: float = 0.0
+) -> Job:
+    return Job(work, images, time.monotonic() + timeout, batch_key=key, cost=cost)
 
 
 class Runner:
@@ -418,3 +420,53 @@ def test_a_job_without_deadline_waits_its_turn() -> None:
     runner.release("first")
     assert [c.outcome() for c in (first, leader, follower)] == ["first", "leader", "follower"]
     assert runner.calls == [["first"], ["leader", "follower"]]
+
+
+# -- the cost model behind Retry-After ------------------------------------------------------
+
+
+def test_cost_model_learns_a_fixed_part_and_seconds_per_unit() -> None:
+    model = CostModel()
+    for cost in (1e5, 4e5, 1e6, 1e5, 2e6):
+        model.observe(cost, 0.25 + 2e-6 * cost)  # a call: 0.25 s, then 2 µs per unit
+    assert model.fixed == pytest.approx(0.25)
+    assert model.per_unit == pytest.approx(2e-6)
+    assert model.predict([job("big", images=1, cost=3e6)]) == pytest.approx(6.25)
+
+
+def test_cost_model_with_one_size_only_scales_by_cost() -> None:
+    model = CostModel(initial_seconds_per_image=1000.0)
+    assert model.predict([job("guess", images=3)]) == 3000.0  # unmeasured: the guess
+    for _ in range(3):
+        model.observe(100.0, 2.0)
+    assert model.predict([job("twice", images=1, cost=200.0)]) == pytest.approx(4.0)
+
+
+def test_retry_after_of_large_jobs_queued_after_small_ones_counts_their_size() -> None:
+    # The case a per-image average got 2x wrong: it learned from small calls and then
+    # priced large ones like small ones.
+    lane, runner = Lane(1, 100), Runner()
+    small, large = 64 * 64 * 2, 1024 * 1024 * 28
+    for _ in range(8):
+        lane.cost_model.observe(small, 0.1 + small * 1e-7)
+    lane.cost_model.observe(large, 0.1 + large * 1e-7)
+    running = start_running(lane, runner, "running", images=1, cost=small)
+    queued = [enqueue(lane, runner, job(f"large{i}", images=1, cost=large)) for i in range(3)]
+    expected = 3 * (0.1 + large * 1e-7)  # plus what is left of the small running call
+    assert expected <= lane.expected_wait() <= expected + 0.11
+    assert lane.retry_after() == math.ceil(lane.expected_wait())
+    runner.release()
+    for caller in [running, *queued]:
+        caller.outcome()
+
+
+def test_retry_after_counts_only_what_is_left_of_a_running_call() -> None:
+    lane, runner = Lane(1, 100), Runner()
+    lane.cost_model.observe(10.0, 100.0)  # 10 s per unit
+    running = start_running(lane, runner, "running", images=1, cost=10.0)
+    started = next(iter(lane._running.values()))[0]
+    assert lane.expected_wait(now=started) == pytest.approx(100.0)
+    assert lane.expected_wait(now=started + 60) == pytest.approx(40.0)
+    assert lane.expected_wait(now=started + 500) == 0.0  # overdue: nothing promised
+    runner.release()
+    running.outcome()

@@ -129,7 +129,9 @@ def test_image_generated_through_nginx_is_served_by_nginx(
     assert image.status_code == 200
     assert image.headers["Content-Type"] == "image/png"
     assert image.content == (Path(gunicorn.env["IMAGE_DIR"]) / name).read_bytes()
-    assert "immutable" in image.headers["Cache-Control"]
+    # Cached no longer than the URL lives (IMAGE_TTL_SECONDS, 3600 s by default).
+    max_age = int(image.headers["Cache-Control"].removeprefix("max-age="))
+    assert 3600 - 60 < max_age <= 3600
     # nginx, not Flask: Flask puts x-request-id on every response, and logs every request.
     assert image.headers["Server"] == "nginx"
     assert "x-request-id" not in image.headers

@@ -75,6 +75,29 @@ def test_expired_url_is_404_even_before_the_sweeper_removes_the_file(slow_sweepe
     assert not file.exists()
 
 
+def test_caches_may_keep_an_image_only_for_what_is_left_of_its_url_life(
+    slow_sweeper: Flask,
+) -> None:
+    client = slow_sweeper.test_client()
+    body = client.post("/v1/images/generations", json={"prompt": "x", **SMALL}).json
+    path = body["data"][0]["url"].removeprefix("http://localhost")
+    fresh = client.get(path).headers["Cache-Control"]
+    assert "max-age=3600" in fresh or "max-age=3599" in fresh, fresh
+    file = Path(slow_sweeper.config["IMAGE_DIR"]) / path.rsplit("/", 1)[1]
+    os.utime(file, (time.time() - HOUR + 100,) * 2)  # 100 s of its hour left
+    cache = client.get(path).headers["Cache-Control"]
+    max_age = int(cache.split("max-age=")[1].split(",")[0])
+    assert 95 <= max_age <= 100, cache
+
+
+def test_images_kept_forever_may_be_cached_for_long(model_cache: Path, tmp_path: Path) -> None:
+    app = make_app(model_cache, tmp_path, IMAGE_TTL_SECONDS=0)
+    client = app.test_client()
+    body = client.post("/v1/images/generations", json={"prompt": "x", **SMALL}).json
+    cache = client.get(body["data"][0]["url"].removeprefix("http://localhost")).headers
+    assert "max-age=31536000" in cache["Cache-Control"]
+
+
 def test_short_ttl_images_expire_and_the_worker_sweeper_deletes_them(
     model_cache: Path, tmp_path: Path
 ) -> None:

@@ -143,7 +143,9 @@ class Engine:
             spec = GenerationSpec("warm-up", None, width, height, 2, self._warmup_guidance, (0,))
             try:
                 work = Work(spec, self._deriver.derive(self._shared), spec.generators())
-                self._run_batch([Job(work, images=1, deadline=math.inf)], reason="warm-up")
+                self._run_batch(
+                    [Job(work, images=1, deadline=math.inf, cost=spec.cost())], reason="warm-up"
+                )
             except Exception as exc:
                 self._failure = "The warm-up generation failed; see the server log."
                 log.error("warm-up generation at %dx%d failed", width, height, exc_info=exc)
@@ -217,6 +219,7 @@ class Engine:
             images=len(spec.seeds),
             deadline=deadline,
             batch_key=spec.batch_key() if work.batchable else None,
+            cost=spec.cost(),
         )
         self.lane.enqueue(job)
         if self.on_submit:

@@ -56,6 +56,18 @@ class GenerationSpec:
         return (self.task, self.width, self.height, self.steps, self.guidance_scale,
                 self.strength, self.negative_prompt is not None, self.loras)  # fmt: skip
 
+    def cost(self) -> float:
+        """Return the work of this request for Retry-After: pixels × denoising steps × images.
+
+        Image-to-image runs only the last `strength` of the steps, as diffusers does.
+        """
+        steps = (
+            self.steps
+            if self.task == Task.TEXT_TO_IMAGE
+            else max(1, int(self.steps * self.strength))
+        )
+        return float(self.width * self.height * steps * len(self.seeds))
+
     def generators(self) -> list[torch.Generator]:
         """Return one CPU generator per image: the same seed gives the same noise anywhere."""
         return [torch.Generator("cpu").manual_seed(seed) for seed in self.seeds]
