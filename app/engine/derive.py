@@ -33,7 +33,12 @@ class PipelineDeriver:
         components.update(self._thread_tokenizers(shared))
         pipeline_class = task_pipeline_class(shared, task)
         accepted = _init_parameters(pipeline_class)
-        pipeline = pipeline_class(**{k: v for k, v in components.items() if k in accepted})
+        arguments = {k: v for k, v in components.items() if k in accepted}
+        if "requires_safety_checker" in accepted and arguments.get("safety_checker") is None:
+            # Loading a model without a safety checker already warned, once; every derived
+            # pipeline would repeat the long warning on each request.
+            arguments["requires_safety_checker"] = False
+        pipeline = pipeline_class(**arguments)
         pipeline.set_progress_bar_config(disable=True)
         return pipeline
 

@@ -1,4 +1,4 @@
-"""Tiny random pipelines of other diffusers families, built locally like `tiny-random`.
+"""Tiny random SD 1.5, SDXL and FLUX.1 pipelines, built locally like `tiny-random`.
 
 Each is built from small configs with seeded random weights, saved with `save_pretrained`
 and served by pointing MODEL_ID at the directory, so the server loads it with
@@ -16,6 +16,8 @@ from diffusers import (
     FlowMatchEulerDiscreteScheduler,
     FluxPipeline,
     FluxTransformer2DModel,
+    PNDMScheduler,
+    StableDiffusionPipeline,
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
@@ -42,6 +44,27 @@ def _vae(latent_channels: int, scaling: float, shift: float | None) -> Autoencod
         block_out_channels=(4, 4, 8, 8), layers_per_block=1, latent_channels=latent_channels,
         norm_num_groups=4, mid_block_add_attention=False, scaling_factor=scaling,
         shift_factor=shift,
+    )  # fmt: skip
+
+
+def build_sd15() -> StableDiffusionPipeline:
+    """A tiny SD 1.5: one CLIP encoder, a small UNet, saved without a safety checker (as
+    many community SD 1.5 repositories are)."""
+    tokenizer = _clip_tokenizer()
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        block_out_channels=(8, 16), layers_per_block=1, sample_size=8, in_channels=4,
+        out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=(2, 4),
+        norm_num_groups=4, cross_attention_dim=HIDDEN,
+    )  # fmt: skip
+    torch.manual_seed(1)
+    text_encoder = CLIPTextModel(_clip_config(tokenizer))
+    torch.manual_seed(3)
+    return StableDiffusionPipeline(
+        vae=_vae(4, 0.18215, None), text_encoder=text_encoder, tokenizer=tokenizer,
+        unet=unet.eval(), scheduler=PNDMScheduler(skip_prk_steps=True, steps_offset=1),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=True,
     )  # fmt: skip
 
 
@@ -90,7 +113,7 @@ def build_flux() -> FluxPipeline:
     )  # fmt: skip
 
 
-BUILDERS = {"sdxl": build_sdxl, "flux": build_flux}
+BUILDERS = {"sd15": build_sd15, "sdxl": build_sdxl, "flux": build_flux}
 
 
 def ensure_family(name: str, cache: Path) -> Path:
