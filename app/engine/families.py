@@ -54,7 +54,7 @@ class Capabilities:
 
 
 @functools.cache
-def _parameters(pipeline_class: type | None) -> frozenset[str]:
+def call_parameters(pipeline_class: type | None) -> frozenset[str]:
     if pipeline_class is None:
         return frozenset()
     return frozenset(inspect.signature(pipeline_class.__call__).parameters)
@@ -76,10 +76,10 @@ def task_class(text_to_image: type, task: Task) -> type | None:
 @functools.cache
 def describe(text_to_image: type) -> Capabilities:
     """Return what the family of the text-to-image class `text_to_image` can do."""
-    generate = _parameters(text_to_image)
+    generate = call_parameters(text_to_image)
     edit_class = task_class(text_to_image, Task.IMAGE_TO_IMAGE)
-    edit = _parameters(edit_class)
-    inpaint = _parameters(task_class(text_to_image, Task.INPAINT))
+    edit = call_parameters(edit_class)
+    inpaint = call_parameters(task_class(text_to_image, Task.INPAINT))
     true_cfg = "negative_prompt" in generate and "true_cfg_scale" in generate
     references = 0
     if edit_class is not None and "image" in edit:
@@ -138,7 +138,7 @@ def check(capabilities: Capabilities, spec: GenerationSpec) -> None:
 
 def accepted_arguments(pipeline: Any, arguments: dict[str, Any]) -> dict[str, Any]:
     """Return the arguments `pipeline`'s __call__ takes (defaults it lacks are dropped)."""
-    accepted = _parameters(type(pipeline))
+    accepted = call_parameters(type(pipeline))
     return {name: value for name, value in arguments.items() if name in accepted}
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from app.engine.families import accepted_arguments
+from app.engine.families import accepted_arguments, call_parameters
 from app.engine.previews import decode_latents, partial_steps
 from app.engine.work import GenerationSpec, Task, Work
 from app.exceptions import (
@@ -65,7 +65,13 @@ def run_batch(jobs: list[Job[Work]], call: PipelineCall = call_pipeline) -> list
     pipeline = works[0].pipeline
     arguments = call_arguments(specs)
     arguments["generator"] = [generator for work in works for generator in work.generators]
-    arguments["callback_on_step_end"] = step_end_callback(jobs)
+    if "callback_on_step_end" in call_parameters(type(pipeline)):
+        arguments["callback_on_step_end"] = step_end_callback(jobs)
+    else:
+        # Pipelines without a step-end callback (PixArt-Sigma) still stop at a deadline
+        # through the older per-step `callback`, where they take one.
+        arguments["callback"] = stop_callback(jobs)
+        arguments["callback_steps"] = 1
     # Only what this class takes: app/engine/families.py:check has refused any request
     # field it cannot honour, so what is dropped here are defaults (strength, a callback).
     arguments = accepted_arguments(pipeline, arguments)
@@ -119,6 +125,16 @@ def call_arguments(specs: list[GenerationSpec]) -> dict[str, Any]:
     if first.task == Task.INPAINT:
         arguments["mask_image"] = [mask for spec in specs for mask in spec.masks]
     return arguments
+
+
+def stop_callback(jobs: list[Job[Work]]) -> Callable[..., None]:
+    """Return a legacy per-step callback that stops the call once nobody waits."""
+
+    def callback(step: int, timestep: Any, latents: Any) -> None:
+        if all(job.expired() for job in jobs):
+            raise DeadlineExceeded(ran=True)
+
+    return callback
 
 
 def step_end_callback(jobs: list[Job[Work]]) -> Callable[..., dict[str, Any]]:

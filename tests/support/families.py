@@ -1,4 +1,4 @@
-"""Tiny random SD 1.5, SDXL and FLUX.1 pipelines, built locally like `tiny-random`.
+"""Tiny random SD 1.5, SDXL, FLUX.1 and PixArt-Sigma pipelines, built locally like `tiny-random`.
 
 Each is built from small configs with seeded random weights, saved with `save_pretrained`
 and served by pointing MODEL_ID at the directory, so the server loads it with
@@ -12,10 +12,13 @@ from pathlib import Path
 import torch
 from diffusers import (
     AutoencoderKL,
+    DPMSolverMultistepScheduler,
     EulerDiscreteScheduler,
     FlowMatchEulerDiscreteScheduler,
     FluxPipeline,
     FluxTransformer2DModel,
+    PixArtSigmaPipeline,
+    PixArtTransformer2DModel,
     PNDMScheduler,
     StableDiffusionPipeline,
     StableDiffusionXLPipeline,
@@ -113,7 +116,31 @@ def build_flux() -> FluxPipeline:
     )  # fmt: skip
 
 
-BUILDERS = {"sd15": build_sd15, "sdxl": build_sdxl, "flux": build_flux}
+def build_pixart_sigma() -> PixArtSigmaPipeline:
+    """A tiny PixArt-Sigma: T5, a small DiT with sample size 64 (it bins requests to its
+    512-pixel aspect-ratio table and resizes back), no step-end callback."""
+    tokenizer = _t5_tokenizer()
+    torch.manual_seed(0)
+    transformer = PixArtTransformer2DModel(
+        num_attention_heads=4, attention_head_dim=16, in_channels=4, out_channels=8,
+        num_layers=2, cross_attention_dim=64, sample_size=64, patch_size=2,
+        caption_channels=64, use_additional_conditions=False, norm_num_groups=4,
+    )  # fmt: skip
+    torch.manual_seed(2)
+    text_encoder = _t5_text_encoder(tokenizer)
+    torch.manual_seed(3)
+    return PixArtSigmaPipeline(
+        tokenizer=tokenizer, text_encoder=text_encoder, vae=_vae(4, 0.13025, None),
+        transformer=transformer.eval(), scheduler=DPMSolverMultistepScheduler(),
+    )  # fmt: skip
+
+
+BUILDERS = {
+    "sd15": build_sd15,
+    "sdxl": build_sdxl,
+    "flux": build_flux,
+    "pixart-sigma": build_pixart_sigma,
+}
 
 
 def ensure_family(name: str, cache: Path) -> Path:
