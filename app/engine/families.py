@@ -34,7 +34,7 @@ FEATURES: dict[str, str] = {
     "strength": "strength",
     "masks": "masks",
     "reference_images": "input images per edit",
-    "step_callback": "step-end callback (previews, stop)",
+    "step_callback": "step-end callback (previews)",
     "packed_latents": "packed latents",
 }
 
@@ -49,7 +49,7 @@ class Capabilities:
     strength: bool  # its edits take `strength`
     masks: bool  # it has an inpainting pipeline
     reference_images: int  # input images per edit: 0 = no edits
-    step_callback: bool  # callback_on_step_end: previews and stopping at a deadline
+    step_callback: bool  # callback_on_step_end: previews (stopping also works through `callback`)
     packed_latents: bool  # latents are packed 2x2 while denoising (FLUX)
 
 
