@@ -91,7 +91,12 @@ def post_worker_init(worker):
     def drain_then_stop(signum, frame):
         drain(app)
         stop(signum, frame)
-        close_listeners(worker)
+        # Closed on the worker's main loop, between events, as gunicorn's own exit handler
+        # defers its wake-up: closed here, inside the signal handler, a listener could be
+        # closed between the loop's select() and its accept() (EBADF kills the worker).
+        queue = getattr(worker, "method_queue", None)
+        if queue is not None:
+            queue.defer(close_listeners, worker)
 
     signal.signal(signal.SIGTERM, drain_then_stop)
     # A SIGTERM to ourselves drains the other requests; the master starts a new worker.

@@ -115,6 +115,12 @@ def create_app(
             "COMPILE=true with LORA_DIR set would recompile the denoiser on every new adapter "
             "set; unset one of them."
         )
+    if options.fuse_qkv and app.config["LORA_DIR"]:
+        # Fused attention runs through to_qkv: adapters on to_q/to_k/to_v would be ignored.
+        raise OptionError(
+            "FUSE_QKV=true with LORA_DIR set would silently skip the adapters' query, key and "
+            "value layers; unset one of them."
+        )
     loras = LoraLibrary(app.config["LORA_DIR"]) if app.config["LORA_DIR"] else None
     seams = {"loader": loader, "pipeline_call": pipeline_call}
     engine = Engine(

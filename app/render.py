@@ -76,7 +76,9 @@ def answer(spec: GenerationSpec, output: OutputOptions, deadline: float, endpoin
     engine: Engine = current_app.extensions["engine"]
     if output.stream:
         return stream(engine, spec, output, deadline, endpoint)
-    return render(engine.generate(spec, deadline), spec, output, engine.usage(spec))
+    # Counted before generating: finished images must not be lost to a later state change.
+    usage = engine.usage(spec)
+    return render(engine.generate(spec, deadline), spec, output, usage)
 
 
 def render(
@@ -121,6 +123,7 @@ def stream(
     next step.
     """
     events: queue.Queue[tuple[str, Any]] = queue.Queue()
+    usage = engine.usage(spec)  # before admission: nothing is left running if it fails
     job = engine.submit(
         spec, deadline, on_partial=lambda index, image: events.put(("partial", (index, image)))
     )
@@ -133,7 +136,6 @@ def stream(
 
     threading.Thread(target=work, name="stream-job", daemon=True).start()
     fields = _echoed_fields(spec, output, event=True)
-    usage = engine.usage(spec)
     kind = str(endpoint)
 
     def generate() -> Iterator[str]:

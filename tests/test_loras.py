@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import peft
 import pytest
+import torch
 from flask import Flask
 from packaging.version import Version
 from PIL import Image
@@ -220,6 +221,33 @@ def test_a_new_file_is_found_without_a_restart(lora_app: Flask) -> None:
     assert "dropped_in" in names
     assert np.array_equal(generate(lora_app, [{"name": "dropped_in", "scale": 0.8}]),
                           generate(lora_app, B))  # fmt: skip
+
+
+def test_out_of_memory_while_loading_an_adapter_is_a_retryable_503_not_a_bad_file(
+    lora_app: Flask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An injected fault: a CPU cannot run out of accelerator memory on demand.
+    directory = Path(lora_app.config["LORA_DIR"])
+    shutil.copyfile(directory / "style_b.safetensors", directory / "memory_tight.safetensors")
+    shared = lora_app.extensions["engine"].shared_pipeline()
+    real_load = shared.load_lora_weights
+    calls = []
+
+    def load_once_out_of_memory(*args: Any, **kwargs: Any) -> Any:
+        calls.append(args)
+        if len(calls) == 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(shared, "load_lora_weights", load_once_out_of_memory)
+    before = shared_state(lora_app)
+    refused = post(lora_app, [{"name": "memory_tight"}])
+    assert_openai_error(refused, 503, code="out_of_memory")
+    assert refused.headers["Retry-After"]
+    assert shared_state(lora_app) == before
+    # Not remembered as a bad file: the next request loads it and it changes the image.
+    assert not np.array_equal(generate(lora_app, [{"name": "memory_tight"}]), generate(lora_app))
+    assert len(calls) == 2
 
 
 def test_least_recently_used_adapters_are_unloaded(

@@ -58,6 +58,7 @@ def plain(model_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Flask:
         ({"COMPILE_SIZES": "big"}, "COMPILE_SIZES: 'big' is not WxH"),
         ({"VAE_TILING_PIXELS": 100}, "VAE_TILING_PIXELS must be 0 .off. or at least 4096"),
         ({"COMPILE": True, "LORA_DIR": "loras"}, "COMPILE=true with LORA_DIR set"),
+        ({"FUSE_QKV": True, "LORA_DIR": "loras"}, "FUSE_QKV=true with LORA_DIR set"),
     ],
 )
 def test_options_that_cannot_work_here_stop_the_app_saying_what_to_set(

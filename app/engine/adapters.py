@@ -24,7 +24,16 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from app.exceptions import DeadlineExceeded, LoraLoadFailed, UnsupportedParameter
+import torch
+
+from app.engine.runner import is_fatal_device_error
+from app.exceptions import (
+    DeadlineExceeded,
+    FatalDeviceError,
+    GenerationOutOfMemory,
+    LoraLoadFailed,
+    UnsupportedParameter,
+)
 from app.loras import LoraLibrary, Signature
 
 log = logging.getLogger(__name__)
@@ -189,6 +198,11 @@ class AdapterSlots:
             _delete_layers(shared, adapter_id)
             if not self._loaded:
                 shared.unload_lora_weights()  # back to the plain modules
+            if isinstance(exc, torch.OutOfMemoryError):
+                # The device, not the file: no 400, nothing remembered, the next try loads.
+                raise GenerationOutOfMemory() from exc
+            if is_fatal_device_error(exc):
+                raise FatalDeviceError() from exc
             reason = failure_reason(exc)
             if "no tensor" in str(exc):
                 reason = (
@@ -196,8 +210,7 @@ class AdapterSlots:
                     "PEFT layout is read; diffusers converts no kohya layout for this family)."
                 )
             self._failed[name] = (signature, reason)
-            log.warning("adapter %r failed to load: %s", name, reason)
-            log.debug("adapter %r load failure", name, exc_info=exc)
+            log.warning("adapter %r failed to load: %s", name, reason, exc_info=exc)
             raise LoraLoadFailed(name, reason) from exc
         self._failed.pop(name, None)
         with self._cond:

@@ -91,7 +91,8 @@ def explain(exc: BaseException, bucket: str) -> str:
     if isinstance(exc, NoCredentialsError):
         return "no S3 credentials found (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or a role)"
     if isinstance(exc, EndpointConnectionError):
-        return f"the S3 endpoint is unreachable ({exc.kwargs.get('endpoint_url', '?')})"
+        # /readyz is public: name the setting, not the internal address.
+        return "the S3 endpoint (S3_ENDPOINT_URL) is unreachable"
     if isinstance(exc, ClientError):
         code = str(exc.response.get("Error", {}).get("Code", ""))
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
