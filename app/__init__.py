@@ -121,6 +121,11 @@ def create_app(
             "FUSE_QKV=true with LORA_DIR set would silently skip the adapters' query, key and "
             "value layers; unset one of them."
         )
+    if app.config["LORA_DIR"] and not Path(app.config["LORA_DIR"]).is_dir():
+        # A typo would otherwise list no adapters and answer every name with a 400.
+        raise OptionError(
+            f"LORA_DIR={app.config['LORA_DIR']} is not a directory; create it or unset it."
+        )
     loras = LoraLibrary(app.config["LORA_DIR"]) if app.config["LORA_DIR"] else None
     seams = {"loader": loader, "pipeline_call": pipeline_call}
     engine = Engine(

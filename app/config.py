@@ -212,8 +212,9 @@ SETTINGS: dict[str, Setting] = {
     "LORA_DIR": Setting(
         "", str, LORAS,
         "Directory of LoRA adapter files (`<name>.safetensors`, the diffusers/PEFT layout) that "
-        "requests name in `loras`; looked at on every request, so new files need no restart. "
-        "Unset, adapters are off and a request naming one gets 400.",
+        "requests name in `loras`; looked at on every request, so new files need no restart "
+        "(it must exist at start). Unset, adapters are off and a request naming one gets 400. "
+        "Not with `COMPILE` or `FUSE_QKV` (refused at start).",
         "unset (off)",
     ),
     "LORA_CACHE_SIZE": Setting(

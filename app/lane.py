@@ -36,7 +36,9 @@ class Job(Generic[W]):
     """One request's `work`: `images` images, done by `deadline` (time.monotonic()).
 
     `cost` is the job's size for the service-time model (pixels × steps × images for a
-    generation); 0 counts it as `images` units.
+    generation); 0 counts it as `images` units. A batch runner may set the leader's
+    `call_seconds` to the time of the work alone, without waits it had to make first (a
+    LoRA switch waiting for other calls); the model then learns from that.
     """
 
     work: W
@@ -44,6 +46,7 @@ class Job(Generic[W]):
     deadline: float
     batch_key: Hashable = None
     cost: float = 0.0
+    call_seconds: float | None = None
     enqueued_at: float = field(default_factory=time.monotonic)
     started_at: float | None = None
     cancelled: bool = False
@@ -274,7 +277,7 @@ class Lane(Generic[W]):
                     job.error = exc
             else:
                 with self._cond:
-                    elapsed = time.monotonic() - started
+                    elapsed = batch[0].call_seconds or time.monotonic() - started
                     self.cost_model.observe(sum(job.units for job in batch), elapsed)
                 for job, result in zip(batch, results, strict=True):
                     job.result = result

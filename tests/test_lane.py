@@ -231,6 +231,26 @@ def test_retry_after_follows_measured_service_times_not_the_initial_guess() -> N
     running.outcome()
 
 
+def test_the_cost_model_learns_the_call_time_a_runner_reports_not_its_waits() -> None:
+    lane = Lane(1, 100)
+
+    def waits_then_works(jobs: list[Job]) -> list[Any]:
+        time.sleep(0.3)  # e.g. a LoRA switch waiting for other calls to finish
+        jobs[0].call_seconds = 0.01  # the work itself
+        return [job.work for job in jobs]
+
+    lane.run(job("a", images=1), waits_then_works)
+    assert lane.cost_model.predict([job("b", images=1)]) == pytest.approx(0.01)
+
+    def reports_nothing(jobs: list[Job]) -> list[Any]:
+        time.sleep(0.3)
+        return [job.work for job in jobs]
+
+    other = Lane(1, 100)
+    other.run(job("a", images=1), reports_nothing)
+    assert other.cost_model.predict([job("b", images=1)]) >= 0.3  # the lane's own clock
+
+
 def test_retry_after_grows_with_the_queue() -> None:
     lane, runner = Lane(1, 100), Runner()
     assert lane.retry_after() >= 1

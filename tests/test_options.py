@@ -59,6 +59,7 @@ def plain(model_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Flask:
         ({"VAE_TILING_PIXELS": 100}, "VAE_TILING_PIXELS must be 0 .off. or at least 4096"),
         ({"COMPILE": True, "LORA_DIR": "loras"}, "COMPILE=true with LORA_DIR set"),
         ({"FUSE_QKV": True, "LORA_DIR": "loras"}, "FUSE_QKV=true with LORA_DIR set"),
+        ({"LORA_DIR": "/no/such/loras"}, "LORA_DIR=/no/such/loras is not a directory"),
     ],
 )
 def test_options_that_cannot_work_here_stop_the_app_saying_what_to_set(
