@@ -328,13 +328,18 @@ class OverlapSpy:
 SETS: dict[str, list | None] = {"bare": None, "a": A, "b": B, "ab": AB}
 
 
+def images_alone(model_cache: Path, loras: Path, image_dir: Path) -> dict[tuple, np.ndarray]:
+    """Return each adapter set's image per seed, generated one request at a time."""
+    alone = make_app(model_cache, image_dir, LORA_DIR=str(loras))
+    return {(label, seed): generate(alone, adapters, prompt=label, seed=seed)
+            for label, adapters in SETS.items() for seed in (1, 2)}  # fmt: skip
+
+
 def test_concurrent_requests_with_different_adapters_each_get_their_own_image(
     model_cache: Path, lora_sources: Path, tmp_path: Path
 ) -> None:
     loras = lora_dir_with(lora_sources, tmp_path / "loras")
-    alone = make_app(model_cache, tmp_path / "alone", LORA_DIR=str(loras))
-    expected = {(label, seed): generate(alone, adapters, prompt=label, seed=seed)
-                for label, adapters in SETS.items() for seed in (1, 2)}  # fmt: skip
+    expected = images_alone(model_cache, loras, tmp_path / "alone")
     spy = OverlapSpy()
     app = make_app(model_cache, tmp_path / "images", LORA_DIR=str(loras),
                    MAX_CONCURRENT_GENERATIONS=4, pipeline_call=spy)  # fmt: skip
@@ -352,9 +357,7 @@ def test_micro_batches_never_mix_adapter_sets(
     model_cache: Path, lora_sources: Path, tmp_path: Path
 ) -> None:
     loras = lora_dir_with(lora_sources, tmp_path / "loras")
-    alone = make_app(model_cache, tmp_path / "alone", LORA_DIR=str(loras))
-    expected = {(label, seed): generate(alone, adapters, prompt=label, seed=seed)
-                for label, adapters in SETS.items() for seed in (1, 2)}  # fmt: skip
+    expected = images_alone(model_cache, loras, tmp_path / "alone")
     spy = OverlapSpy()
     spy.hold = threading.Event()
     app = make_app(model_cache, tmp_path / "images", LORA_DIR=str(loras), pipeline_call=spy,

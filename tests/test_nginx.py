@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,11 +12,9 @@ import requests
 from tests.support.apps import server_env
 from tests.support.client import get_raw_path, openai_client
 from tests.support.errors import assert_openai_error
-from tests.support.gunicorn import ROOT, GunicornServer, free_port
+from tests.support.gunicorn import ROOT, GunicornServer
+from tests.support.nginx import NGINX, NginxProcess
 
-NGINX = shutil.which("nginx") or next(
-    (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if Path(p).exists()), None
-)
 pytestmark = [
     pytest.mark.slow,  # starts nginx and Gunicorn
     pytest.mark.skipif(NGINX is None, reason="nginx is missing (.ci/run installs it)"),
@@ -42,65 +37,13 @@ def render_site(nginx_port: int, gunicorn_port: int, image_dir: Path, logs: Path
     return site
 
 
-def main_config(prefix: Path, site: Path) -> str:
-    """A minimal nginx.conf around the site file, with every path under `prefix`."""
-    temp = "\n".join(
-        f"    {kind}_temp_path {prefix}/{kind};"
-        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-    )
-    return f"""
-user root;
-worker_processes 1;
-pid {prefix}/nginx.pid;
-error_log {prefix}/logs/main-error.log;
-events {{ worker_connections 64; }}
-http {{
-    include /etc/nginx/mime.types;
-    default_type application/octet-stream;
-    access_log off;
-{temp}
-    include {site};
-}}
-"""
-
-
-class Nginx:
-    """nginx running in the foreground on a loopback port, from a rendered config."""
+class Nginx(NginxProcess):
+    """nginx with deploy/nginx.conf in front of one Gunicorn, serving its image directory."""
 
     def __init__(self, prefix: Path, upstream_port: int, image_dir: Path) -> None:
-        self.prefix = prefix
-        self.port = free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}"
-        (prefix / "logs").mkdir(parents=True)
-        site = prefix / "image-server.conf"
-        site.write_text(render_site(self.port, upstream_port, image_dir, prefix / "logs"))
-        self.config = prefix / "nginx.conf"
-        self.config.write_text(main_config(prefix, site))
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def __enter__(self) -> Nginx:
-        command = [NGINX, "-p", str(self.prefix), "-c", str(self.config)]
-        check = subprocess.run([*command, "-t"], capture_output=True, text=True)
-        assert check.returncode == 0, check.stderr
-        self.process = subprocess.Popen([*command, "-g", "daemon off;"])
-        deadline = time.monotonic() + 20
-        while True:
-            assert self.process.poll() is None, self.error_log()
-            try:
-                requests.get(f"{self.base_url}/healthz", timeout=2)
-                return self
-            except requests.ConnectionError:
-                assert time.monotonic() < deadline, "nginx did not start"
-                time.sleep(0.1)
-
-    def error_log(self) -> str:
-        logs = self.prefix / "logs"
-        return "\n".join(p.read_text(errors="replace") for p in logs.glob("*error.log"))
-
-    def __exit__(self, *exc: object) -> None:
-        assert self.process is not None
-        self.process.terminate()
-        self.process.wait(timeout=20)
+        super().__init__(
+            prefix, lambda port, logs: render_site(port, upstream_port, image_dir, logs)
+        )
 
 
 @pytest.fixture(scope="module")

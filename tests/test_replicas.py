@@ -20,8 +20,8 @@ import requests
 
 from tests.support.apps import FAST
 from tests.support.gunicorn import GunicornServer
+from tests.support.nginx import NGINX
 from tests.support.replicas import (
-    NGINX,
     ReplicaNginx,
     generations_answered,
     lane_state,

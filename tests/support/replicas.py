@@ -3,19 +3,14 @@
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
-import time
 from collections.abc import Mapping
 from pathlib import Path
 
 import requests
 
-from tests.support.gunicorn import ROOT, GunicornServer, free_port
+from tests.support.gunicorn import ROOT, GunicornServer
+from tests.support.nginx import NginxProcess
 
-NGINX = shutil.which("nginx") or next(
-    (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if Path(p).exists()), None
-)
 DEFAULT_SERVERS = re.compile(r"(    server 127\.0\.0\.1:800\d max_fails=0;.*\n)+")
 
 
@@ -35,64 +30,15 @@ def render_site(port: int, upstreams: list[int], logs: Path) -> str:
     return site
 
 
-def main_config(prefix: Path, site: Path) -> str:
-    """A minimal nginx.conf around the site file, with every path under `prefix`."""
-    temp = "\n".join(
-        f"    {kind}_temp_path {prefix}/{kind};"
-        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-    )
-    return f"""
-worker_processes 1;
-pid {prefix}/nginx.pid;
-error_log {prefix}/logs/main-error.log;
-events {{ worker_connections 256; }}
-http {{
-    include /etc/nginx/mime.types;
-    default_type application/octet-stream;
-{temp}
-    include {site};
-}}
-"""
-
-
-class ReplicaNginx:
-    """nginx in the foreground on a loopback port, in front of `upstreams`."""
+class ReplicaNginx(NginxProcess):
+    """nginx with deploy/nginx-replicas.conf on a loopback port, in front of `upstreams`."""
 
     def __init__(self, prefix: Path, upstreams: list[int]) -> None:
-        assert NGINX is not None, "nginx is missing"
-        self.prefix = prefix
-        self.port = free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}"
-        (prefix / "logs").mkdir(parents=True, exist_ok=True)
-        site = prefix / "replicas.conf"
-        site.write_text(render_site(self.port, upstreams, prefix / "logs"))
-        self.config = prefix / "nginx.conf"
-        self.config.write_text(main_config(prefix, site))
-        self.process: subprocess.Popen[bytes] | None = None
+        super().__init__(prefix, lambda port, logs: render_site(port, upstreams, logs))
 
     def access_log(self) -> list[str]:
         path = self.prefix / "logs" / "image-replicas.access.log"
         return path.read_text().splitlines() if path.exists() else []
-
-    def __enter__(self) -> ReplicaNginx:
-        command = [str(NGINX), "-p", str(self.prefix), "-c", str(self.config)]
-        check = subprocess.run([*command, "-t"], capture_output=True, text=True)
-        assert check.returncode == 0, check.stderr
-        self.process = subprocess.Popen([*command, "-g", "daemon off;"])
-        deadline = time.monotonic() + 20
-        while True:
-            assert self.process.poll() is None, "nginx exited"
-            try:
-                requests.get(f"{self.base_url}/healthz", timeout=2)
-                return self
-            except requests.ConnectionError:
-                assert time.monotonic() < deadline, "nginx did not start"
-                time.sleep(0.1)
-
-    def __exit__(self, *exc: object) -> None:
-        assert self.process is not None
-        self.process.terminate()
-        self.process.wait(timeout=20)
 
 
 def start_replicas(
