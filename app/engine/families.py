@@ -55,6 +55,7 @@ class Capabilities:
 
 @functools.cache
 def call_parameters(pipeline_class: type | None) -> frozenset[str]:
+    """Return the arguments a pipeline class's __call__ takes (looked up once per class)."""
     if pipeline_class is None:
         return frozenset()
     return frozenset(inspect.signature(pipeline_class.__call__).parameters)
