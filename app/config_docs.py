@@ -66,6 +66,15 @@ LIBRARY_SETTINGS: dict[str, Documented] = {
         "A profile of `~/.aws/credentials` (read by boto3). Without any of these, boto3 asks "
         "the instance or pod role (IRSA, EKS Pod Identity).",
     ),
+    "AWS_REQUEST_CHECKSUM_CALCULATION": Documented(
+        "`when_required`",
+        "Checksums on S3 requests (read by boto3): the server's default sends them only where "
+        "required, as several S3-compatible stores refuse them; `when_supported` for all.",
+    ),
+    "AWS_RESPONSE_CHECKSUM_VALIDATION": Documented(
+        "`when_required`",
+        "Checksum checks on S3 answers (read by boto3), same values and default as above.",
+    ),
 }
 
 CONFIG_DOCS_COMMAND = ".venv/bin/python scripts/gen_config_docs.py"

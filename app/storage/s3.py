@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import secrets
 import threading
 import time
@@ -73,6 +74,13 @@ def make_client(settings: S3Settings) -> Any:
     # Signed request headers appear in botocore's debug lines: keep them out of any log.
     for name in ("botocore", "boto3", "urllib3"):
         logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger(name).level))
+    # botocore >= 1.36 adds a CRC32 checksum to every PUT by default, which several
+    # S3-compatible stores refuse; checksums only where the operation requires one, unless
+    # boto3's own settings ask for more (the environment wins over a Config value here).
+    checksums = {
+        key: os.environ.get(f"AWS_{key.upper()}", "when_required")
+        for key in ("request_checksum_calculation", "response_checksum_validation")
+    }
     config = Config(
         region_name=settings.region,
         signature_version="s3v4",
@@ -80,6 +88,7 @@ def make_client(settings: S3Settings) -> Any:
         connect_timeout=2,
         read_timeout=10,
         retries={"mode": "standard", "max_attempts": 2},
+        **checksums,
     )
     return boto3.session.Session().client("s3", endpoint_url=settings.endpoint_url, config=config)
 
