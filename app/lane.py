@@ -38,7 +38,9 @@ class Job(Generic[W]):
     `cost` is the job's size for the service-time model (pixels × steps × images for a
     generation); 0 counts it as `images` units. A batch runner may set the leader's
     `call_seconds` to the time of the work alone, without waits it had to make first (a
-    LoRA switch waiting for other calls); the model then learns from that.
+    LoRA switch waiting for other calls); the model then learns from that. It sets
+    `representative` False for a call whose time says nothing of the next ones (it compiled
+    new graphs); the model then does not learn from it.
     """
 
     work: W
@@ -47,6 +49,7 @@ class Job(Generic[W]):
     batch_key: Hashable = None
     cost: float = 0.0
     call_seconds: float | None = None
+    representative: bool = True
     enqueued_at: float = field(default_factory=time.monotonic)
     started_at: float | None = None
     cancelled: bool = False
@@ -278,7 +281,8 @@ class Lane(Generic[W]):
             else:
                 with self._cond:
                     elapsed = batch[0].call_seconds or time.monotonic() - started
-                    self.cost_model.observe(sum(job.units for job in batch), elapsed)
+                    if batch[0].representative:
+                        self.cost_model.observe(sum(job.units for job in batch), elapsed)
                 for job, result in zip(batch, results, strict=True):
                     job.result = result
         finally:

@@ -251,6 +251,21 @@ def test_the_cost_model_learns_the_call_time_a_runner_reports_not_its_waits() ->
     assert other.cost_model.predict([job("b", images=1)]) >= 0.3  # the lane's own clock
 
 
+def test_the_cost_model_skips_a_call_its_runner_says_is_not_representative() -> None:
+    lane = Lane(1, 100)
+
+    def works(seconds: float, representative: bool):  # noqa: ANN202
+        def run(jobs: list[Job]) -> list[Any]:
+            jobs[0].call_seconds, jobs[0].representative = seconds, representative
+            return [job.work for job in jobs]
+
+        return run
+
+    lane.run(job("a", images=1), works(0.02, True))
+    lane.run(job("b", images=1), works(90.0, False))  # e.g. it compiled a new size first
+    assert lane.cost_model.predict([job("c", images=1)]) == pytest.approx(0.02)
+
+
 def test_retry_after_grows_with_the_queue() -> None:
     lane, runner = Lane(1, 100), Runner()
     assert lane.retry_after() >= 1

@@ -17,6 +17,7 @@ import torch
 from flask import Flask
 
 from app import create_app
+from app.lane import Job
 from app.tiny_model import ensure_tiny_sd3
 from tests.support.apps import FAST, make_app
 from tests.support.images import b64_pixels
@@ -190,7 +191,11 @@ def test_compiled_pipeline_compiles_at_warm_up_and_logs_each_new_size(
         np.testing.assert_array_equal(_pixels(app, 9), first)
         difference = np.abs(first.astype(int) - _pixels(plain, 9).astype(int))
         assert difference.max() <= 3
-        # A new size compiles on first use, and says so.
+        # A new size compiles on first use, and says so; Retry-After's cost model does not
+        # learn the compile time as if every 80x80 image took that long.
+        model = app.extensions["engine"].lane.cost_model
+        promised = model.predict([Job(None, 1, 0.0, cost=80 * 80 * 2)])
         _pixels(app, 9, size="80x80")
     assert metrics.compilations._value.get() > compiled
+    assert model.predict([Job(None, 1, 0.0, cost=80 * 80 * 2)]) == promised
     assert "80x80, 1 image(s) (first request of this shape)" in caplog.text

@@ -23,6 +23,12 @@ def compiled_graphs() -> int:
     return int(counters["stats"]["unique_graphs"])
 
 
+class CompiledCall:
+    """What one watched call compiled: `graphs` is set when the call is over."""
+
+    graphs: int = 0
+
+
 class CompileWatch:
     """Log and count the compilations that happen during pipeline calls."""
 
@@ -31,11 +37,15 @@ class CompileWatch:
         self.shapes: list[str] = []  # the shapes whose calls compiled, in order
 
     @contextlib.contextmanager
-    def call(self, shape: str, reason: str = "first request of this shape") -> Iterator[None]:
-        """Watch one pipeline call of `shape` (e.g. "1024x1024, batch 2")."""
+    def call(
+        self, shape: str, reason: str = "first request of this shape"
+    ) -> Iterator[CompiledCall]:
+        """Watch one pipeline call of `shape` (e.g. "1024x1024, batch 2"); what it yields
+        says, once the call is over, how many graphs the call compiled."""
+        seen = CompiledCall()
         before, started = compiled_graphs(), time.monotonic()
-        yield
-        new = compiled_graphs() - before
+        yield seen
+        new = seen.graphs = compiled_graphs() - before
         if new <= 0:
             return
         self.shapes.append(shape)

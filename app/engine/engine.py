@@ -261,12 +261,14 @@ class Engine:
         try:
             watch = self._compile_watch.call(shape, reason) if self.options.compile else (
                 nullcontext())  # fmt: skip
-            with watch, self._adapters_for(jobs):
+            with watch as compiled, self._adapters_for(jobs):
                 # Timed apart from the adapter switch, which may wait for other calls:
                 # Retry-After's cost model learns from the call alone.
                 call_started = time.monotonic()
                 results = run_batch(jobs, self._pipeline_call)
                 jobs[0].call_seconds = time.monotonic() - call_started
+            # A call that compiled took seconds to minutes more than the next one will.
+            jobs[0].representative = not (compiled and compiled.graphs)
         except GenerationOutOfMemory:
             if self.device is not None and self.device.type == "cuda":
                 torch.cuda.empty_cache()
