@@ -24,9 +24,11 @@ from tests.support.images import b64_pixels
 from tests.test_concurrency import _snapshot
 
 
-def _pixels(app: Flask, seed: int, prompt: str = "a red fox", size: str = "64x64") -> np.ndarray:
+def _pixels(
+    app: Flask, seed: int, prompt: str = "a red fox", size: str = "64x64", **extra: Any
+) -> np.ndarray:
     body = {"prompt": prompt, "seed": seed, "size": size, "response_format": "b64_json",
-            "num_inference_steps": 2}  # fmt: skip
+            "num_inference_steps": 2, **extra}  # fmt: skip
     response = app.test_client().post("/v1/images/generations", json=body)
     assert response.status_code == 200, response.get_json()
     return b64_pixels(response.get_json()["data"][0])
@@ -133,6 +135,26 @@ def test_int8_weights_give_the_same_image_per_seed_alone_and_concurrently(
     assert len({image.tobytes() for image in alone.values()}) == len(seeds)
     assert _snapshot(app) == before
     assert shared.transformer.dtype == torch.bfloat16 and shared.vae.dtype == torch.bfloat16
+
+
+def test_loras_apply_on_int8_weights(model_cache: Path, tmp_path: Path, lora_sources: Path) -> None:
+    """PEFT wraps torchao's int8 linears: an adapter changes the image, scale 0 and no
+    adapter give the bare quantized image, and the base weights stay int8."""
+    pytest.importorskip("torchao", reason="QUANTIZE=int8 needs torchao (requirements-dev.txt)")
+    from torchao.utils import TorchAOBaseTensor
+
+    loras = tmp_path / "loras"
+    loras.mkdir()
+    shutil.copy(lora_sources / "style_a.safetensors", loras)
+    app = make_app(model_cache, tmp_path / "images", QUANTIZE="int8", LORA_DIR=str(loras))
+    bare = _pixels(app, 7)
+    styled = _pixels(app, 7, loras=[{"name": "style_a"}])
+    assert np.abs(styled.astype(int) - bare.astype(int)).max() > 20
+    np.testing.assert_array_equal(_pixels(app, 7, loras=[{"name": "style_a", "scale": 0}]), bare)
+    np.testing.assert_array_equal(_pixels(app, 7), bare)
+    np.testing.assert_array_equal(_pixels(app, 7, loras=[{"name": "style_a"}]), styled)
+    to_q = app.extensions["engine"].shared_pipeline().transformer.transformer_blocks[0].attn.to_q
+    assert isinstance(to_q.base_layer.weight, TorchAOBaseTensor)  # PEFT's layer over int8
 
 
 def test_fused_qkv_channels_last_and_native_attention_change_rounding_only(
