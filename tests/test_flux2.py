@@ -38,7 +38,7 @@ def klein(model_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Flask:
     directory = ensure_family("flux2-klein", tmp_path_factory.mktemp("families"))
     images = tmp_path_factory.mktemp("klein-images")
     return make_app(model_cache, images, pipeline_call=SPY, MODEL_ID=str(directory),
-                    BATCH_MAX_SIZE=8, DEFAULT_GUIDANCE_SCALE=2.0)  # fmt: skip
+                    BATCH_MAX_SIZE=8)  # fmt: skip
 
 
 def data_url(blob: bytes) -> dict[str, str]:
