@@ -118,7 +118,9 @@ def _generate(
     mask: Image.Image | None = None,
 ) -> Any:
     """Build the spec with every default, log the request, generate and answer."""
-    spec, output = build_spec(params, current_app.config, endpoint, images or (), mask)
+    spec, output = build_spec(
+        params, current_app.config, endpoint, images or (), mask, _takes_strength(images)
+    )
     log.info(
         "%s model=%.256r user=%.256r safety_identifier=%.256r n=%d size=%dx%d steps=%d "
         "seed=%d stream=%s",
@@ -126,6 +128,15 @@ def _generate(
         spec.width, spec.height, spec.steps, spec.seeds[0], output.stream,
     )  # fmt: skip
     return answer(spec, output, deadline, endpoint)
+
+
+def _takes_strength(images: list[Image.Image] | None) -> bool:
+    """Return whether the served pipeline's edits take `strength` (until the model is
+    ready, True: the request is answered 503 when it reaches the engine anyway)."""
+    engine = current_app.extensions["engine"]
+    if not images or engine.state != "ready":
+        return True
+    return engine.capabilities().strength
 
 
 def _json_object() -> dict[str, Any]:

@@ -64,11 +64,14 @@ def build_spec(
     endpoint: Endpoint = Endpoint.GENERATION,
     images: Sequence[Image.Image] = (),
     mask: Image.Image | None = None,
+    takes_strength: bool = True,
 ) -> tuple[GenerationSpec, OutputOptions]:
     """Fill in every default and return what the engine runs and how to answer.
 
     `images` are the decoded input images of an edit or variation; `mask` (white =
-    repaint, at the first image's size) makes an edit an inpainting.
+    repaint, at the first image's size) makes an edit an inpainting. `takes_strength` is
+    False where the served pipeline edits without strength (FLUX.2): its edits run every
+    step, and a sent `strength` is refused by app/engine/families.py:check.
     """
     # 1. The task and the output size: an edit's first image's own size when none is
     # asked; variations, as OpenAI's, the default size.
@@ -85,7 +88,7 @@ def build_spec(
         request.quality or "auto", config["DEFAULT_STEPS"]
     )
     strength = 1.0
-    if task != Task.TEXT_TO_IMAGE:
+    if task != Task.TEXT_TO_IMAGE and takes_strength:
         default = "VARIATIONS_STRENGTH" if endpoint == Endpoint.VARIATION else "DEFAULT_STRENGTH"
         strength = request.strength if request.strength is not None else config[default]
         if int(steps * strength) < 1:

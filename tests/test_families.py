@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from app.engine import GenerationSpec, Task
-from app.engine.families import accepted_arguments, check, describe
+from app.engine.families import accepted_arguments, batchable, check, describe
 from app.exceptions import UnsupportedParameter
 
 IMAGE = Image.new("RGB", (64, 64))
@@ -65,3 +65,12 @@ def test_only_arguments_the_class_takes_are_passed() -> None:
     klein = diffusers.Flux2KleinPipeline.__new__(diffusers.Flux2KleinPipeline)
     arguments = {"prompt": "x", "strength": 0.8, "negative_prompt": None, "image": [IMAGE]}
     assert accepted_arguments(klein, arguments) == {"prompt": "x", "image": [IMAGE]}
+
+
+def test_reference_image_edits_never_share_a_call() -> None:
+    klein, sd3 = (
+        describe(diffusers.Flux2KleinPipeline),
+        describe(diffusers.StableDiffusion3Pipeline),
+    )
+    assert not batchable(klein, edit()) and batchable(klein, spec())
+    assert batchable(sd3, edit()) and batchable(sd3, spec())

@@ -207,7 +207,8 @@ class Engine:
     ) -> Job[Work]:
         """Derive this request's pipeline and generators and admit it to the queue."""
         shared = self.shared_pipeline()
-        families.check(families.describe(type(shared)), spec)
+        capabilities = families.describe(type(shared))
+        families.check(capabilities, spec)
         if spec.loras:
             if self.adapters is None:
                 raise LoraNotFound("LoRA adapters are off on this server (LORA_DIR is unset).")
@@ -218,7 +219,11 @@ class Engine:
             work,
             images=len(spec.seeds),
             deadline=deadline,
-            batch_key=spec.batch_key() if work.batchable else None,
+            batch_key=(
+                spec.batch_key()
+                if work.batchable and families.batchable(capabilities, spec)
+                else None
+            ),
             cost=spec.cost(),
         )
         self.lane.enqueue(job)

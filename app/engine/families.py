@@ -137,6 +137,18 @@ def check(capabilities: Capabilities, spec: GenerationSpec) -> None:
         )
 
 
+def takes_references(pipeline_class: type) -> bool:
+    """Return whether `pipeline_class`'s `image` is several reference images for each output
+    (FLUX.2): an edit passes them once, as one list, with `num_images_per_prompt`."""
+    return pipeline_class.__name__ in MULTI_REFERENCE
+
+
+def batchable(capabilities: Capabilities, spec: GenerationSpec) -> bool:
+    """Return whether `spec` may share a pipeline call with other requests: not an edit of
+    a family whose `image` takes reference images, which one call cannot keep apart."""
+    return spec.task == Task.TEXT_TO_IMAGE or capabilities.reference_images <= 1
+
+
 def accepted_arguments(pipeline: Any, arguments: dict[str, Any]) -> dict[str, Any]:
     """Return the arguments `pipeline`'s __call__ takes (defaults it lacks are dropped)."""
     accepted = call_parameters(type(pipeline))

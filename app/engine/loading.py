@@ -123,7 +123,23 @@ def load_pipeline(
         if options.offload == "none":
             pipeline.to(device)
     pipeline.set_progress_bar_config(disable=True)
+    settle_vae_upcast(pipeline)
     return pipeline
+
+
+def settle_vae_upcast(pipeline: Any) -> None:
+    """Decide once whether the VAE is upcast, not on every edit.
+
+    A VAE whose config says `force_upcast` (SDXL's, SD 1.5's) makes the img2img and
+    inpainting pipelines cast the SHARED VAE to float32 and back on every call, in place
+    (a race with calls running beside it) and with a warning each time. Only float16
+    overflows in that VAE (bfloat16 has float32's range, float32 needs nothing): for any
+    other dtype the upcast is switched off here, once.
+    """
+    vae = getattr(pipeline, "vae", None)
+    if getattr(getattr(vae, "config", None), "force_upcast", False) and vae.dtype != torch.float16:
+        vae.register_to_config(force_upcast=False)
+        log.info("VAE in %s: no float32 upcast needed around its calls", vae.dtype)
 
 
 def load_arguments(source: str | Path, options: EngineOptions) -> dict[str, Any]:

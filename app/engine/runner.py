@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from app.engine.families import accepted_arguments, call_parameters
+from app.engine.families import accepted_arguments, call_parameters, takes_references
 from app.engine.previews import decode_latents, partial_steps
 from app.engine.work import GenerationSpec, Task, Work
 from app.exceptions import (
@@ -63,7 +63,7 @@ def run_batch(jobs: list[Job[Work]], call: PipelineCall = call_pipeline) -> list
     works = [job.work for job in jobs]
     specs = [work.spec for work in works]
     pipeline = works[0].pipeline
-    arguments = call_arguments(specs)
+    arguments = call_arguments(specs, takes_references(type(pipeline)))
     arguments["generator"] = [generator for work in works for generator in work.generators]
     if "callback_on_step_end" in call_parameters(type(pipeline)):
         arguments["callback_on_step_end"] = step_end_callback(jobs)
@@ -92,8 +92,12 @@ def run_batch(jobs: list[Job[Work]], call: PipelineCall = call_pipeline) -> list
     return results
 
 
-def call_arguments(specs: list[GenerationSpec]) -> dict[str, Any]:
-    """Return the pipeline arguments shared by a batch of compatible specs."""
+def call_arguments(specs: list[GenerationSpec], references: bool = False) -> dict[str, Any]:
+    """Return the pipeline arguments shared by a batch of compatible specs.
+
+    `references`: the pipeline's `image` is reference images for each output (FLUX.2), so
+    an edit passes its input images once, never one per output.
+    """
     first = specs[0]
     arguments: dict[str, Any] = {
         "height": first.height,
@@ -101,9 +105,14 @@ def call_arguments(specs: list[GenerationSpec]) -> dict[str, Any]:
         "num_inference_steps": first.steps,
         "guidance_scale": first.guidance_scale,
         "output_type": "pil",
+        # PixArt cleans captions by default, which needs Beautiful Soup and warns on every
+        # call without it; the prompt is used as it is sent, as other families do.
+        "clean_caption": False,
     }
-    if len(specs) == 1 and len(first.references) > 1:
-        # Several reference images for the outputs of one prompt (FLUX.2, Qwen-Image edit).
+    edit = first.task != Task.TEXT_TO_IMAGE
+    if len(specs) == 1 and (len(first.references) > 1 or (edit and references)):
+        # The reference images, once, for the outputs of one prompt (FLUX.2, Qwen-Image
+        # edit); such edits are never batched (app/engine/families.py:batchable).
         arguments.update(prompt=first.prompt, num_images_per_prompt=len(first.seeds),
                          image=list(first.references), strength=first.strength)  # fmt: skip
         if first.negative_prompt:
