@@ -128,18 +128,42 @@ def load_pipeline(
 
 
 def settle_vae_upcast(pipeline: Any) -> None:
-    """Decide once whether the VAE is upcast, not on every edit.
+    """Decide once, at load, the dtype the VAE runs in, so no call changes it.
 
-    A VAE whose config says `force_upcast` (SDXL's, SD 1.5's) makes the img2img and
-    inpainting pipelines cast the SHARED VAE to float32 and back on every call, in place
-    (a race with calls running beside it) and with a warning each time. Only float16
-    overflows in that VAE (bfloat16 has float32's range, float32 needs nothing): for any
-    other dtype the upcast is switched off here, once.
+    A VAE whose config says `force_upcast` (SDXL's, SD 1.5's) makes diffusers' pipelines
+    cast the SHARED VAE to float32 and back around their VAE calls, in place (a race with
+    calls running beside it: one call's decode meets the weights another just cast) and
+    with a warning each time. Only float16 overflows in such a VAE: in bfloat16 or float32
+    the upcast is switched off; in float16 the VAE is kept in float32 for good (its
+    weights take twice the memory, tens of MB for SDXL's) and its inputs are cast on the
+    way in, so the pipelines see a VAE that needs no upcast.
     """
     vae = getattr(pipeline, "vae", None)
-    if getattr(getattr(vae, "config", None), "force_upcast", False) and vae.dtype != torch.float16:
-        vae.register_to_config(force_upcast=False)
-        log.info("VAE in %s: no float32 upcast needed around its calls", vae.dtype)
+    if not getattr(getattr(vae, "config", None), "force_upcast", False):
+        return
+    if vae.dtype == torch.float16:
+        vae.to(torch.float32)
+        _run_in_float32(vae)
+        log.info("VAE kept in float32 (float16 overflows in it): no per-call upcast")
+    vae.register_to_config(force_upcast=False)
+
+
+def _run_in_float32(vae: Any) -> None:
+    """Cast the float inputs of the VAE's parts to float32, and what the encoder side
+    hands back (the latent distribution's moments) to float16, as the pipelines expect."""
+
+    def to_float32(module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        def cast(value: Any) -> Any:
+            is_float = isinstance(value, torch.Tensor) and value.is_floating_point()
+            return value.to(torch.float32) if is_float else value
+
+        return tuple(cast(a) for a in args), {k: cast(v) for k, v in kwargs.items()}
+
+    parts = ("encoder", "quant_conv", "post_quant_conv", "decoder")
+    for part in filter(None, (getattr(vae, name, None) for name in parts)):
+        part.register_forward_pre_hook(to_float32, with_kwargs=True)
+    last_encoder_part = getattr(vae, "quant_conv", None) or vae.encoder
+    last_encoder_part.register_forward_hook(lambda module, args, out: out.to(torch.float16))
 
 
 def load_arguments(source: str | Path, options: EngineOptions) -> dict[str, Any]:
