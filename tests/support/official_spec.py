@@ -39,7 +39,7 @@ EVENT_SCHEMAS = {
     "image_edit.completed": "ImageEditCompletedEvent",
 }
 RELAXED = {name: ("size",) for name in EVENT_SCHEMAS.values()}
-# The image operations, and the other paths they need (none): what the fuzzer runs.
+# The spec's image operations: what tests/test_fuzz.py runs with it (schemathesis regex).
 IMAGE_PATH_REGEX = "^/images/"
 
 
