@@ -14,9 +14,9 @@ around every test). Two references, both from OpenAI:
   server's documented extension `seed` (the spec does not close its objects, the SDK
   models tell an unknown field apart).
 
-And two rules of this server's own, from issue 10: `size` in a response body is one of
-OpenAI's three sizes (the spec's enum; left out otherwise), and `usage` is present
-(gpt-image responses carry it; completed events require it).
+And two rules from issue 10 that hold against either: `size` in a response body is one of
+OpenAI's three sizes (the spec's enum; the later SDK takes any string), and `usage` is
+present in a response body (optional in the spec; gpt-image responses carry it).
 """
 
 from __future__ import annotations

@@ -31,7 +31,6 @@ from referencing.jsonschema import DRAFT202012
 
 SPEC_DATE = "2026-05-31"
 BASE_URI = "urn:openai-openapi"
-RESPONSE_SCHEMAS = ("ImagesResponse",)
 EVENT_SCHEMAS = {
     "image_generation.partial_image": "ImageGenPartialImageEvent",
     "image_generation.completed": "ImageGenCompletedEvent",
