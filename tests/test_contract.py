@@ -1,4 +1,4 @@
-"""The contract checker (tests/support/contract.py) refuses what OpenAI's types refuse,
+"""The contract checker (tests/support/contract.py) refuses what OpenAI's spec and types refuse,
 and every test's image answers go through it."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
+from tests.support import official_spec
 from tests.support.client import post_generation
 from tests.support.contract import ContractViolation, check_event, check_images_response
 
@@ -76,3 +77,37 @@ def test_the_server_answers_within_the_spec(client: FlaskClient) -> None:
     response = post_generation(client, quality="auto", background="auto")
     assert response.status_code == 200  # and the watch checked it against the SDK's types
     check_images_response(response.get_json())
+
+
+def test_the_official_spec_is_the_pinned_copy_with_the_image_operations() -> None:
+    assert official_spec.metadata()["syncedAt"].startswith(official_spec.SPEC_DATE)
+    assert official_spec.spec_path().is_file()  # and its sha256 is the one recorded
+    assert official_spec.spec()["openapi"].startswith("3.1")
+    assert official_spec.image_operations() == {
+        "/images/edits": ["post"], "/images/generations": ["post"],
+        "/images/variations": ["post"]}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [{"quality": "auto"}, {"background": "auto"}, {"size": "256x256"},
+     {"output_format": "gif"}, {"created": None}, {"data": "x"},
+     {"usage": {"input_tokens": 1}}],
+)  # fmt: skip
+def test_the_official_spec_alone_refuses_what_it_does_not_allow(changes: dict[str, Any]) -> None:
+    assert official_spec.violations("ImagesResponse", GOOD) == []
+    assert official_spec.violations("ImagesResponse", _with(GOOD, **changes))
+
+
+def test_the_official_spec_is_stricter_than_the_sdk_where_it_is_older() -> None:
+    """The SDK's later spec added event qualities this copy lacks; the spec check refuses them,
+    and the one relaxation (any event size) is the later spec's rule."""
+    for name, event in [
+        ("image_generation.completed", EVENT),
+        ("image_edit.completed", {**EVENT, "type": "image_edit.completed"}),
+    ]:
+        schema = official_spec.EVENT_SCHEMAS[name]
+        assert official_spec.violations(schema, event) == []  # size "64x64": relaxed
+        assert official_spec.violations(schema, {**event, "quality": "xhigh"})
+        with pytest.raises(ContractViolation, match="official spec"):
+            check_event(name, {**event, "quality": "xhigh"})

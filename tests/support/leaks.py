@@ -1,12 +1,13 @@
 """Watch every response the tests receive: errors that leak internals, answers off-spec.
 
 `tests/conftest.py` installs the watch around every test: the clients the suite uses
-(requests, httpx2 under the openai SDK, Flask's test client) report each response here.
+(requests, httpx2 under the openai SDK, httpx under litellm, Flask's test client) report
+each response here.
 A test that received an error with a traceback, a `File "..."` frame or a path inside the
 repository fails, whatever it asserted itself; so does one that received a 200 from an
-image endpoint, or a stream event, that OpenAI's types do not allow (tests/support/
-contract.py). Streams read incrementally through `requests` (stream=True) are not checked
-here; the SDK's streams are, event by event.
+image endpoint, or a stream event, that OpenAI's spec or SDK types do not allow
+(tests/support/contract.py). Streams read incrementally through `requests`
+(stream=True) are not checked here; the SDK's streams are, event by event.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpx
 import httpx2
 import pytest
 import requests
@@ -25,6 +27,7 @@ from openai._streaming import Stream
 
 from tests.support.contract import check_answer, check_event
 
+AnyHttpxResponse = httpx.Response | httpx2.Response
 ROOT = Path(__file__).resolve().parents[2]  # the repository
 MARKERS = ("Traceback (most recent call last)", 'File "', str(ROOT))
 
@@ -66,7 +69,7 @@ class ResponseWatch:
                 path = urlsplit(response.url).path
                 check_answer(path, response.headers.get("Content-Type", ""), response.content)
 
-        def from_httpx(_: Any, args: Any, kwargs: Any, response: httpx2.Response) -> None:
+        def from_httpx(_: Any, args: Any, kwargs: Any, response: AnyHttpxResponse) -> None:
             if response.status_code >= 400:
                 self.check("httpx", str(response.url), response.status_code, response.read())
             elif response.status_code == 200 and not kwargs.get("stream"):
@@ -83,6 +86,7 @@ class ResponseWatch:
 
         wrap(requests.Session, "send", from_requests)
         wrap(httpx2.Client, "send", from_httpx)
+        wrap(httpx.Client, "send", from_httpx)  # litellm's own transport
         wrap(FlaskClient, "open", from_flask)
 
         original_events = Stream._iter_events
