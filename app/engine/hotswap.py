@@ -178,7 +178,10 @@ class HotswapSlots(AdapterSlots):
             self._read_base(slot)
         except Exception as exc:
             if slot is not None:
-                self._repair(shared, slot)
+                try:
+                    self._repair(shared, slot)
+                except Exception:  # the answer stays about the file; the log says the rest
+                    log.exception("LoRA slot %s could not be rebuilt", slot)
             if isinstance(exc, torch.OutOfMemoryError):
                 raise GenerationOutOfMemory() from exc
             if is_fatal_device_error(exc):
