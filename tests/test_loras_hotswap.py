@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -48,10 +49,10 @@ def hotswap_sources(
     return root
 
 
-def eager_hotswap_app(model_cache: Path, loras: Path, images: Path) -> Flask:
+def eager_hotswap_app(model_cache: Path, loras: Path, images: Path, **overrides: Any) -> Flask:
     """An eager app whose adapters go through the hot-swap slots, as compiled ones do."""
     config = {**FAST, "MODEL_CACHE_DIR": str(model_cache), "IMAGE_DIR": str(images),
-              "LORA_DIR": str(loras), **SLOTS}  # fmt: skip
+              "LORA_DIR": str(loras), **SLOTS, **overrides}  # fmt: skip
     app = create_app(config, load_model=False)
     engine = app.extensions["engine"]
     layers = layer_names(SETTINGS["LORA_HOTSWAP_LAYERS"].default)
@@ -134,6 +135,34 @@ def test_a_third_adapter_is_swapped_into_the_least_recently_used_slot(
     assert np.array_equal(generate(swapped, A), styled_a)  # back in, evicting style_b
     assert adapters.loaded() == ["dropped_in", "style_a"]
     assert slot_state(swapped) == before
+
+
+def test_a_set_gives_the_same_pixels_whichever_slots_its_adapters_were_in(
+    model_cache: Path, hotswap_sources: Path, tmp_path: Path, swapped: Flask
+) -> None:
+    shutil.copytree(hotswap_sources, tmp_path / "other")
+    other = eager_hotswap_app(model_cache, tmp_path / "other", tmp_path / "other-images")
+    generate(swapped, A)
+    generate(swapped, B)  # style_a in the first slot, style_b in the second
+    generate(other, B)
+    generate(other, A)  # the other way round
+    assert np.array_equal(generate(other, AB), generate(swapped, AB))
+    adapters = other.extensions["engine"].adapters
+    assert [adapters._loaded[name][0] for name in ("style_a", "style_b")] == adapters.slots
+
+
+def test_concurrent_requests_with_different_slots_each_get_their_own_image(
+    model_cache: Path, hotswap_sources: Path, tmp_path: Path, shared_swapped: Flask
+) -> None:
+    shutil.copytree(hotswap_sources, tmp_path / "loras")
+    app = eager_hotswap_app(model_cache, tmp_path / "loras", tmp_path / "images",
+                            MAX_CONCURRENT_GENERATIONS=4)  # fmt: skip
+    sets = [None, A, B, AB]
+    alone = [generate(shared_swapped, loras) for loras in sets]
+    with ThreadPoolExecutor(8) as pool:
+        images = list(pool.map(lambda i: generate(app, sets[i % 4]), range(8)))
+    for i, image in enumerate(images):
+        assert np.array_equal(image, alone[i % 4]), sets[i % 4]
 
 
 @pytest.mark.parametrize(
@@ -251,6 +280,12 @@ def test_compiled_adapter_switches_never_recompile(
         for name in ("high_rank", "feed_forward", "wide"):
             assert_openai_error(post(compiled, [{"name": name}]), 400, param="loras",
                                 code="invalid_lora")  # fmt: skip
+        # The same set in the other order moves adapters between slots, in place.
+        ba = [{"name": "style_b", "scale": -1.0}, {"name": "style_a", "scale": 0.5}]
+        reversed_ = generate(compiled, ba)
+        assert differs(reversed_, generate(eager, ba)) <= 4
+        assert np.array_equal(generate(compiled, AB), first[repr(AB)])
+        assert np.array_equal(generate(compiled, ba), reversed_)
         assert np.array_equal(generate(compiled, A), first[repr(A)])
     assert compiled_graphs() == graphs, "an adapter switch recompiled"
     assert compiled.extensions["metrics"].compilations._value.get() > 0  # the warm-up's

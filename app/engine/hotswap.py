@@ -12,7 +12,8 @@ with COMPILE=true the modules never change shape after start:
   `load_lora_weights(..., adapter_name=<slot>, hotswap=True)` (weights copied into the same
   tensors, smaller ranks zero-padded; layers it does not target are zeroed);
 - a call's adapters get their scales, every other slot scale 0, written in place into the
-  scale tensors (never `set_adapters`, which would put floats back).
+  scale tensors (never `set_adapters`, which would put floats back), after moving them
+  into ascending slots in the request's order (the same set always sums in one order).
 
 Every call therefore runs every slot's LoRA layers, at scale 0 when unused: that is the
 price of never recompiling. A file the slots cannot take (rank above the slots', layers
@@ -233,11 +234,42 @@ class HotswapSlots(AdapterSlots):
         self._write_scale(slot, 0.0)
 
     def _activate(self, shared: Any, loras: LoraSet) -> None:
+        self._order(loras)
         scales = dict.fromkeys(self.slots, 0.0)
         for name, scale in loras:
             scales[self._loaded[name][0]] = scale
         for slot, scale in scales.items():
             self._write_scale(slot, scale)
+
+    def _order(self, loras: LoraSet) -> None:
+        """Put the set's adapters in ascending slots, in the request's order.
+
+        PEFT adds the active slots' outputs in slot order and float addition is not
+        associative, so a set whose adapters sat in other slots (whatever ran before it)
+        would round differently. Moving them keeps the same request's pixels the same
+        (unused slots add exact zeros); it copies weights in place, so nothing recompiles.
+        """
+        names = [name for name, _ in loras]
+        current = [self._loaded[name][0] for name in names]
+        wanted = sorted(current)
+        if current == wanted:
+            return
+        moves = [(n, src, dst) for n, src, dst in zip(names, current, wanted, strict=True)
+                 if src != dst]  # fmt: skip
+        saved = {src: ([(layer.lora_A[src].weight.detach().clone(),
+                         layer.lora_B[src].weight.detach().clone())
+                        for layer in self._lora_layers], self._base[src])
+                 for _, src, _ in moves}  # fmt: skip
+        for name, src, dst in moves:
+            weights, base = saved[src]
+            for layer, (down, up) in zip(self._lora_layers, weights, strict=True):
+                layer.lora_A[dst].weight.data.copy_(down)
+                layer.lora_B[dst].weight.data.copy_(up)
+            self._base[dst] = base
+            self._scales.pop(dst, None)
+            with self._cond:
+                self._loaded[name] = (dst, self._loaded[name][1])
+        log.info("adapters %s moved to slots %s", names, wanted)
 
     # -- what a file must be ---------------------------------------------------------------
 
