@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 from flask import Flask
+from safetensors.torch import load_file, save_file
 
 from app import create_app
 from app.config import SETTINGS
@@ -46,6 +47,12 @@ def hotswap_sources(
     make_lora(model_dir, root / "high_rank.safetensors", seed=4, rank=2 * RANK)
     make_lora(model_dir, root / "feed_forward.safetensors", seed=5, targets=["ff.net.2"])
     make_lora(model_dir, root / "style_c.safetensors", seed=6, rank=RANK)
+    # One layer at rank 2, the others at 4: diffusers then gives alphas per layer.
+    tensors = load_file(root / "style_a.safetensors")
+    layer = next(key for key in tensors if key.endswith("to_q.lora_A.weight"))[: -len("A.weight")]
+    tensors[f"{layer}A.weight"] = tensors[f"{layer}A.weight"][:2].contiguous()
+    tensors[f"{layer}B.weight"] = tensors[f"{layer}B.weight"][:, :2].contiguous()
+    save_file(tensors, root / "mixed_ranks.safetensors")
     return root
 
 
@@ -172,6 +179,7 @@ def test_concurrent_requests_with_different_slots_each_get_their_own_image(
         ("feed_forward", "outside the hot-swap slots' layers (LORA_HOTSWAP_LAYERS="),
         ("with_te", "text-encoder weights, which diffusers cannot hot-swap"),
         ("wide", "wrong shapes"),
+        ("mixed_ranks", "LoRA settings differ from the slots'"),
         ("foreign", "names layers the served model does not have"),
         ("kohya", "none of its weights match"),
         ("corrupt", "not a readable safetensors file"),

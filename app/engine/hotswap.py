@@ -323,7 +323,8 @@ class HotswapSlots(AdapterSlots):
                 raise Refused(
                     f"its rank {rank} is above the hot-swap slots' LORA_HOTSWAP_RANK={self.rank}."
                 )
-            ranks[module] = rank
+            if ranks.setdefault(module, rank) != rank:
+                raise Refused("its weights do not fit the model's layers (wrong shapes).")
         self._check_config(shared, weights, metadata, ranks)
 
     def _check_config(
@@ -345,5 +346,5 @@ class HotswapSlots(AdapterSlots):
         except (ValueError, TypeError) as exc:
             raise Refused(
                 "its LoRA settings differ from the slots' in a way PEFT's hot-swap does not "
-                "take (alpha varying by layer, dropout, rsLoRA or DoRA)."
+                "take (rank or alpha varying by layer, dropout, rsLoRA or DoRA)."
             ) from exc
