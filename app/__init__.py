@@ -66,6 +66,7 @@ def create_app(
     from app.auth import init_auth
     from app.cors import init_cors
     from app.engine import Engine
+    from app.engine.hotswap import check_hotswap_settings, layer_names
     from app.engine.loading import resolve_device
     from app.engine.options import EngineOptions, OptionError
     from app.errors import register_error_handlers
@@ -109,12 +110,7 @@ def create_app(
     options = EngineOptions.from_config(app.config)
     options.check(resolve_device(app.config["DEVICE"]), app.config["MAX_CONCURRENT_GENERATIONS"])
     if options.compile and app.config["LORA_DIR"]:
-        # Switching adapters changes the compiled graph's constants: without diffusers'
-        # LoRA hot-swap (not built yet) every new adapter set would recompile.
-        raise OptionError(
-            "COMPILE=true with LORA_DIR set would recompile the denoiser on every new adapter "
-            "set; unset one of them."
-        )
+        check_hotswap_settings(app.config)  # adapters are hot-swapped into fixed slots
     if options.fuse_qkv and app.config["LORA_DIR"]:
         # Fused attention runs through to_qkv: adapters on to_q/to_k/to_v would be ignored.
         raise OptionError(
@@ -143,6 +139,10 @@ def create_app(
         metrics=metrics,
         loras=loras,
         lora_cache_size=app.config["LORA_CACHE_SIZE"],
+        lora_hotswap=(
+            app.config["LORA_HOTSWAP_RANK"],
+            layer_names(app.config["LORA_HOTSWAP_LAYERS"]),
+        ),
         **{name: seam for name, seam in seams.items() if seam is not None},
     )
     metrics.watch(lambda: _live_state(engine))

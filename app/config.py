@@ -214,15 +214,31 @@ SETTINGS: dict[str, Setting] = {
         "Directory of LoRA adapter files (`<name>.safetensors`, the diffusers/PEFT layout) that "
         "requests name in `loras`; looked at on every request, so new files need no restart "
         "(it must exist at start). Unset, adapters are off and a request naming one gets 400. "
-        "Not with `COMPILE` or `FUSE_QKV` (refused at start).",
+        "With `COMPILE`, adapters are hot-swapped into fixed slots (`LORA_HOTSWAP_RANK`, "
+        "`LORA_HOTSWAP_LAYERS`); not with `FUSE_QKV` (refused at start).",
         "unset (off)",
     ),
     "LORA_CACHE_SIZE": Setting(
         8, int, LORAS,
         "Adapters kept loaded on the model's device; beyond it the least recently used one is "
-        "unloaded (a request's own adapters always stay while it runs).",
+        "unloaded (a request's own adapters always stay while it runs). With `COMPILE` it is the "
+        "number of hot-swap slots, at least `MAX_LORAS_PER_REQUEST`: every call runs every "
+        "slot's LoRA layers (unused ones at scale 0), so keep it small.",
     ),
     "MAX_LORAS_PER_REQUEST": Setting(4, int, LORAS, "Most adapters one request may name."),
+    "LORA_HOTSWAP_RANK": Setting(
+        64, int, LORAS,
+        "With `COMPILE`: the rank of the hot-swap slots, the largest adapter rank served "
+        "(smaller ranks are zero-padded; a larger one is a 400). Slot memory and time grow "
+        "with it.",
+    ),
+    "LORA_HOTSWAP_LAYERS": Setting(
+        "to_q,to_k,to_v,to_out.0,add_q_proj,add_k_proj,add_v_proj,to_add_out", str, LORAS,
+        "With `COMPILE`: comma-separated denoiser layers (module-name suffixes, as PEFT's "
+        "`target_modules`) the hot-swap slots cover; an adapter of any other layer is a 400. "
+        "The default is every attention projection, what diffusers' LoRA training scripts "
+        "target.",
+    ),
     "PNG_COMPRESS_LEVEL": Setting(
         1, int, OUTPUT,
         "zlib level of PNG output, 0 (no compression) to 9 (smallest, slowest); 1 is fast. "

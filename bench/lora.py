@@ -19,8 +19,14 @@ machine, wall time measures the neighbours as much as the adapters. The table al
 the median wall time of the whole run. Prints one markdown table: medians, ratios, and
 the 1.10x targets.
 
+With `--compile` both apps run `COMPILE=true` (the CPU inductor backend; the warm-up
+compiles `--size`), so the adapters go through the hot-swap slots (`LORA_CACHE_SIZE=2`
+slots of rank 4 here), and the run also reports how many graphs were compiled after the
+warm-up: 0 means no adapter switch recompiled.
+
     .venv/bin/python bench/lora.py                 # 256x256, 16 steps, 8 rounds
     .venv/bin/python bench/lora.py --rounds 3 --size 64x64 --steps 4   # smoke run
+    .venv/bin/python bench/lora.py --compile       # compiled, hot-swapped adapters
 """
 
 from __future__ import annotations
@@ -54,6 +60,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads; with 1 the request's thread does all the work, "
                         "and its CPU time is what is measured")  # fmt: skip
+    parser.add_argument("--compile", action="store_true",
+                        help="COMPILE=true: adapters hot-swapped into slots")  # fmt: skip
     return parser.parse_args(argv)
 
 
@@ -75,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch  # after OMP_NUM_THREADS, which it reads once
 
     from app import create_app
+    from app.engine.compile_watch import compiled_graphs
     from app.tiny_model import ensure_tiny_sd3
     from tests.support.lora_files import make_lora
 
@@ -92,8 +101,12 @@ def main(argv: list[str] | None = None) -> int:
             "LOG_LEVEL": "WARNING",
             "ENCODE_THREADS": 1,  # all of a request's work on its own thread, timed
         }
+        lora_settings: dict[str, Any] = {"LORA_DIR": str(root / "loras")}
+        if args.compile:  # the warm-up compiles the measured size; two slots of rank 4
+            config.update(COMPILE=True, DEFAULT_SIZE=args.size)
+            lora_settings.update(LORA_CACHE_SIZE=2, MAX_LORAS_PER_REQUEST=2, LORA_HOTSWAP_RANK=4)
         apps = []
-        for overrides in ({}, {"LORA_DIR": str(root / "loras")}):
+        for overrides in ({}, lora_settings):
             app = create_app({**config, **overrides})
             # One at a time: loading is not thread-safe (transformers' meta-device init).
             assert app.extensions["engine"].wait_until_loaded(300), "model did not load"
@@ -114,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
             assert response.status_code == 200, response.get_json()
             return time.thread_time() - cpu
 
+        graphs = compiled_graphs()  # after the warm-ups
         for app in (bare_app, lora_app):  # untimed: first-call costs at this size
             timed(app, None, 0)
         first_a = timed(lora_app, SET_A, 0)
@@ -128,19 +142,26 @@ def main(argv: list[str] | None = None) -> int:
             switched.append(timed(lora_app, SET_A, seed))
             loaded_bare.append(timed(lora_app, None, seed))
 
+        recompiled = compiled_graphs() - graphs
+
     base, steady = statistics.median(bare), statistics.median(same)
+    loads, unused = (
+        ("hot-swaps", "every slot at scale 0") if args.compile else ("loads", "disabled")
+    )
     rows = [
         ("bare model (an app that never loads adapters)", base, None, None),
-        ("first request naming style_a (loads it)", first_a, None, None),
-        ("first request naming [style_a, style_b] (loads style_b)", first_ab, None, None),
-        ("no adapters, both loaded (disabled)", statistics.median(loaded_bare), None, TARGET),
+        (f"first request naming style_a ({loads} it)", first_a, None, None),
+        (f"first request naming [style_a, style_b] ({loads} style_b)", first_ab, None, None),
+        (f"no adapters, both loaded ({unused})", statistics.median(loaded_bare), None, TARGET),
         ("same adapter set as the request before", steady, None, TARGET),
         ("adapter set switched from the request before", statistics.median(switched),
          TARGET, TARGET),
     ]  # fmt: skip
+    compiled = (f"; COMPILE=true, graphs compiled after the warm-up: {recompiled}"
+                if args.compile else "")  # fmt: skip
     print(f"\n{machine_line()}; tiny-random, {args.size}, {args.steps} steps, "
           f"{args.rounds} rounds, medians of request-thread CPU time (wall median of all "
-          f"requests: {statistics.median(walls) * 1000:.0f} ms)\n")  # fmt: skip
+          f"requests: {statistics.median(walls) * 1000:.0f} ms){compiled}\n")  # fmt: skip
     print("| Case | Latency | vs same set | vs bare | Target |")
     print("| --- | --- | --- | --- | --- |")
     for label, value, switch_target, bare_target in rows:

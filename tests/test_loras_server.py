@@ -3,6 +3,7 @@
 One server runs two pipeline calls at once (MAX_CONCURRENT_GENERATIONS=2), another
 micro-batches (BATCH_MAX_SIZE=8); both read a LORA_DIR of tiny PEFT adapters made for the
 tiny model (tests/support/lora_files.py). Every image is compared with the same request run alone.
+A third, compiled server (COMPILE=true: adapters hot-swapped into slots) must not recompile.
 """
 
 from __future__ import annotations
@@ -160,3 +161,31 @@ def test_micro_batched_mixtures_of_adapter_sets_equal_each_request_alone(
         assert np.abs(got.astype(int) - expected[key].astype(int)).max() <= TOLERANCE, key
         others = [expected[(label, key[1])] for label in SETS if label != key[0]]
         assert all(np.abs(got.astype(int) - o.astype(int)).max() > TOLERANCE for o in others)
+
+
+def compilations(server: GunicornServer) -> float:
+    text = requests.get(f"{server.base_url}/metrics", timeout=10).text
+    line = next(li for li in text.splitlines()
+                if li.startswith("image_server_compilations_total"))  # fmt: skip
+    return float(line.split()[-1])
+
+
+def test_compiled_concurrent_adapter_sets_never_recompile(
+    model_cache: Path, lora_sources: Path, tmp_path: Path
+) -> None:
+    # COMPILE=true: adapters are hot-swapped into 4 slots; the warm-up compiles 64x64.
+    env = {"COMPILE": "true", "MAX_CONCURRENT_GENERATIONS": 2, "LORA_CACHE_SIZE": 4,
+           "LORA_HOTSWAP_RANK": 4}  # fmt: skip
+    server = serve(model_cache, lora_sources, tmp_path, **env)
+    server.ready_timeout = 300  # the CPU inductor backend compiles at start
+    with server:
+        warmed = compilations(server)
+        assert warmed > 0
+        alone = {label: image(server, loras) for label, loras in SETS.items()}
+        labels = list(SETS) * 3
+        with ThreadPoolExecutor(len(labels)) as pool:
+            images = list(pool.map(lambda label: image(server, SETS[label]), labels))
+        for label, got in zip(labels, images, strict=True):
+            assert np.array_equal(got, alone[label]), label
+        assert np.array_equal(image(server, [{"name": "style_a", "scale": 0}]), alone["bare"])
+        assert compilations(server) == warmed

@@ -60,7 +60,13 @@ def plain(model_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Flask:
         ({"COMPILE_SIZES": "512x500"}, "COMPILE_SIZES: '512x500' must be positive multiples"),
         ({"COMPILE_SIZES": "big"}, "COMPILE_SIZES: 'big' is not WxH"),
         ({"VAE_TILING_PIXELS": 100}, "VAE_TILING_PIXELS must be 0 .off. or at least 4096"),
-        ({"COMPILE": True, "LORA_DIR": "loras"}, "COMPILE=true with LORA_DIR set"),
+        (
+            {"COMPILE": True, "LORA_DIR": "loras", "LORA_CACHE_SIZE": 2},
+            "LORA_CACHE_SIZE .2. is the number of hot-swap slots and must be at least "
+            "MAX_LORAS_PER_REQUEST .4.",
+        ),
+        ({"COMPILE": True, "LORA_DIR": "loras", "LORA_HOTSWAP_RANK": 0}, "LORA_HOTSWAP_RANK must"),
+        ({"COMPILE": True, "LORA_DIR": "loras", "LORA_HOTSWAP_LAYERS": " , "}, "LAYERS is empty"),
         ({"FUSE_QKV": True, "LORA_DIR": "loras"}, "FUSE_QKV=true with LORA_DIR set"),
         ({"LORA_DIR": "/no/such/loras"}, "LORA_DIR=/no/such/loras is not a directory"),
     ],

@@ -84,6 +84,9 @@ class AdapterSlots:
         self._turns: deque[object] = deque()
         _quiet_partial_adapter_warnings()
 
+    def prepare(self, shared: Any) -> None:
+        """Ready the shared modules once, after loading (nothing to do without COMPILE)."""
+
     # -- before queueing (request threads; reads only) ------------------------------------
 
     def check(self, shared: Any, loras: LoraSet) -> None:

@@ -27,10 +27,12 @@ from typing import Any
 import torch
 from PIL import Image
 
+from app.config import SETTINGS
 from app.engine import families
 from app.engine.adapters import AdapterSlots
 from app.engine.compile_watch import CompileWatch
 from app.engine.derive import PipelineDeriver
+from app.engine.hotswap import HotswapSlots, layer_names
 from app.engine.loading import explain_load_failure, load_pipeline, resolve_device, resolve_dtype
 from app.engine.options import EngineOptions, apply_options, release_offloaded
 from app.engine.runner import PipelineCall, call_pipeline, run_batch
@@ -72,6 +74,7 @@ class Engine:
         metrics: Metrics | None = None,
         loras: LoraLibrary | None = None,
         lora_cache_size: int = 8,
+        lora_hotswap: tuple[int, tuple[str, ...]] | None = None,
         loader: Loader | None = None,
         pipeline_call: PipelineCall = call_pipeline,
     ) -> None:
@@ -98,8 +101,17 @@ class Engine:
         self._fatal: str | None = None
         self._loaded = threading.Event()
         self._deriver = PipelineDeriver()
-        # LoRA adapters on the shared modules; None when LORA_DIR is unset.
-        self.adapters = AdapterSlots(loras, lora_cache_size) if loras is not None else None
+        # LoRA adapters on the shared modules; None when LORA_DIR is unset. Compiled, they
+        # are hot-swapped into fixed slots (`lora_hotswap`: the slots' rank and layers).
+        self.adapters: AdapterSlots | None = None
+        if loras is not None and self.options.compile:
+            rank, layers = lora_hotswap or (
+                SETTINGS["LORA_HOTSWAP_RANK"].default,
+                layer_names(SETTINGS["LORA_HOTSWAP_LAYERS"].default),
+            )
+            self.adapters = HotswapSlots(loras, lora_cache_size, rank, layers)
+        elif loras is not None:
+            self.adapters = AdapterSlots(loras, lora_cache_size)
         self._counting_lock = threading.Lock()
         self._counting_tokenizer: Any = None  # made on first use; False: the model has none
         self.device: torch.device | None = None
@@ -118,6 +130,8 @@ class Engine:
             self.device = resolve_device(self._device_name)
             self.dtype = resolve_dtype(self._dtype_name, self.device)
             self._shared = self._loader(self.model_id, self.device, self.dtype, self._cache_dir)
+            if self.adapters is not None:  # hot-swap slots go in before compiling
+                self.adapters.prepare(self._shared)
             apply_options(self._shared, self.options, self.device)
         except Exception as exc:  # any failure must leave a reason, not a dead thread
             self._failure = explain_load_failure(exc)

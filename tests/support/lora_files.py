@@ -20,9 +20,15 @@ WEIGHTS = "pytorch_lora_weights.safetensors"
 
 
 def make_lora(
-    model_dir: Path, path: Path, *, seed: int, text_encoder: bool = False, rank: int = 4
+    model_dir: Path,
+    path: Path,
+    *,
+    seed: int,
+    text_encoder: bool = False,
+    rank: int = 4,
+    targets: list[str] = TRANSFORMER_TARGETS,
 ) -> Path:
-    """Write a PEFT LoRA for the tiny model to `path` (`<name>.safetensors`)."""
+    """Write a PEFT LoRA for the tiny model to `path` (`<name>.safetensors`) on `targets`."""
     from diffusers import SD3Transformer2DModel, StableDiffusion3Pipeline
     from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
     from transformers import CLIPTextModelWithProjection
@@ -30,7 +36,7 @@ def make_lora(
     torch.manual_seed(seed)
     config = {"r": rank, "lora_alpha": rank, "init_lora_weights": False}
     transformer = SD3Transformer2DModel.from_pretrained(model_dir, subfolder="transformer")
-    transformer.add_adapter(LoraConfig(target_modules=TRANSFORMER_TARGETS, **config))
+    transformer.add_adapter(LoraConfig(target_modules=targets, **config))
     layers = {"transformer_lora_layers": get_peft_model_state_dict(transformer)}
     if text_encoder:
         encoder = CLIPTextModelWithProjection.from_pretrained(model_dir, subfolder="text_encoder")
