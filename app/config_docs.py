@@ -68,12 +68,14 @@ LIBRARY_SETTINGS: dict[str, Documented] = {
     ),
     "AWS_REQUEST_CHECKSUM_CALCULATION": Documented(
         "`when_required`",
-        "Checksums on S3 requests (read by boto3): the server's default sends them only where "
-        "required, as several S3-compatible stores refuse them; `when_supported` for all.",
+        "Checksums on S3 requests: the server passes this variable (not an AWS config "
+        "file's value) to boto3; by default only where required, as several S3-compatible "
+        "stores refuse them; `when_supported` for all.",
     ),
     "AWS_RESPONSE_CHECKSUM_VALIDATION": Documented(
         "`when_required`",
-        "Checksum checks on S3 answers (read by boto3), same values and default as above.",
+        "Checksum checks on S3 answers, passed to boto3 the same way, same values and "
+        "default as above.",
     ),
 }
 

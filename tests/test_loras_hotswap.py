@@ -26,7 +26,8 @@ from app.engine.hotswap import HotswapSlots, layer_names
 from app.tiny_model import ensure_tiny_sd3
 from tests.support.apps import FAST, make_app
 from tests.support.errors import assert_openai_error
-from tests.support.lora_files import make_lora
+from tests.support.families import ensure_family
+from tests.support.lora_files import make_family_lora, make_lora
 from tests.test_loras import AB, A, B, differs, generate, post
 
 RANK = 8
@@ -227,6 +228,31 @@ def test_a_hot_swap_that_fails_part_way_rebuilds_its_slot(
     assert np.array_equal(generate(swapped, A), styled)
     # The rebuilt slot takes the adapter; the other slot kept its own.
     assert differs(generate(swapped, AB), generate(eager, AB)) <= PADDED
+
+
+@pytest.mark.parametrize(
+    ("family", "settings"),
+    [("sd15", {}), ("flux", {"QUANTIZE": "int8"})],
+    ids=["sd15-unet", "flux-int8"],
+)
+def test_slots_serve_other_families_and_quantized_weights(
+    family: str, settings: dict, tmp_path: Path
+) -> None:
+    """SD 1.5's loader answers three values (alphas too) and FLUX's first parameter is a
+    Linear weight, which QUANTIZE makes a torchao tensor: the slots take both."""
+    if settings.get("QUANTIZE"):
+        pytest.importorskip("torchao", reason="QUANTIZE=int8 needs torchao")
+    model = ensure_family(family, tmp_path)
+    make_family_lora(model, tmp_path / "loras" / "style.safetensors", seed=3)
+    app = eager_hotswap_app(tmp_path, tmp_path / "loras", tmp_path / "images",
+                            MODEL_ID=str(model), DEFAULT_GUIDANCE_SCALE=2.0,
+                            **settings)  # fmt: skip
+    bare = generate(app)
+    styled = generate(app, [{"name": "style"}])
+    assert differs(styled, bare) > 0
+    assert np.array_equal(generate(app, [{"name": "style", "scale": 0}]), bare)
+    assert np.array_equal(generate(app, [{"name": "style"}]), styled)
+    assert np.array_equal(generate(app), bare)
 
 
 def test_layers_that_match_nothing_fail_the_load_saying_what_to_set(

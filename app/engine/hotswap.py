@@ -116,22 +116,25 @@ class HotswapSlots(AdapterSlots):
             self._load_zero_slot(shared, slot)
         model.set_adapter(self.slots)
         self._index_layers(model, self.slots)
+        per_slot = sum(self.rank * (fin + fout) for fin, fout in self._shapes.values())
         log.info(
-            "LoRA hot-swap: %d slots of rank %d on %d layers of the %s",
-            len(self.slots), self.rank, len(self._shapes), component,
+            "LoRA hot-swap: %d slots of rank %d on %d layers of the %s, %.1f M parameters "
+            "each; every call runs every slot (LORA_CACHE_SIZE x LORA_HOTSWAP_RANK)",
+            len(self.slots), self.rank, len(self._shapes), component, per_slot / 1e6,
         )  # fmt: skip
 
     def _load_zero_slot(self, shared: Any, slot: str) -> None:
         model = getattr(shared, self._component)
-        parameter = next(model.parameters())
+        # A plain float parameter's dtype and device: with QUANTIZE, Linear weights are
+        # torchao tensors, which make no zeros (and FLUX's first parameter is one).
+        like = next(p for p in model.parameters()
+                    if type(p.data) is torch.Tensor and p.is_floating_point())  # fmt: skip
         zeros = {}
         for name, (features_in, features_out) in self._shapes.items():
-            zeros[f"{self._component}.{name}.lora_A.weight"] = parameter.new_zeros(
-                self.rank, features_in
-            )
-            zeros[f"{self._component}.{name}.lora_B.weight"] = parameter.new_zeros(
-                features_out, self.rank
-            )
+            for kind, shape in (("A", (self.rank, features_in)), ("B", (features_out, self.rank))):
+                zeros[f"{self._component}.{name}.lora_{kind}.weight"] = torch.zeros(
+                    shape, dtype=like.dtype, device=like.device
+                )
         # Before each load, so PEFT makes every slot's scales tensors, not only the first's.
         shared.enable_lora_hotswap(target_rank=self.rank, check_compiled="ignore")
         with warnings.catch_warnings():
@@ -209,11 +212,18 @@ class HotswapSlots(AdapterSlots):
         return slot
 
     def _unload(self, shared: Any, name: str) -> None:
-        """Forget `name`; its slot's weights stay until refilled, at scale 0 meanwhile."""
+        """Forget `name`: its slot goes to scale 0 and its up-projections to zero, so the
+        slot adds exact zeros (an infinity left in old weights times 0 would be NaN)."""
         with self._cond:
             slot, _ = self._loaded.pop(name)
         self._write_scale(slot, 0.0)
+        self._zero(slot)
         log.info("adapter %r left %s", name, slot)
+
+    def _zero(self, slot: str) -> None:
+        for layer in self._lora_layers:
+            if slot in layer.lora_B:
+                layer.lora_B[slot].weight.data.zero_()
 
     def _repair(self, shared: Any, slot: str) -> None:
         """Make `slot` an empty slot again after a hot-swap failed part way.
@@ -228,9 +238,7 @@ class HotswapSlots(AdapterSlots):
             model.set_adapter(self.slots)
             self._index_layers(model, [slot])  # the other slots keep their weights and scales
             return
-        for layer in self._lora_layers:  # a partial copy: zero the slot's weights
-            if slot in layer.lora_B:
-                layer.lora_B[slot].weight.data.zero_()
+        self._zero(slot)  # a partial copy
         self._write_scale(slot, 0.0)
 
     def _activate(self, shared: Any, loras: LoraSet) -> None:
@@ -275,7 +283,10 @@ class HotswapSlots(AdapterSlots):
 
     def _check_file(self, shared: Any, path: str) -> None:
         """Raise Refused unless every tensor of the file fits a slot."""
-        state_dict, metadata = shared.lora_state_dict(path, return_lora_metadata=True)
+        # (state_dict, metadata), or (state_dict, network_alphas, metadata) for SD and SDXL.
+        loaded = shared.lora_state_dict(path, return_lora_metadata=True)
+        state_dict, metadata = loaded[0], loaded[-1]
+        alphas = loaded[1] if len(loaded) == 3 else None
         prefix = f"{self._component}."
         others = sorted({key.split(".", 1)[0] for key in state_dict if not key.startswith(prefix)})
         if any(name.startswith("text_encoder") for name in others):
@@ -325,10 +336,15 @@ class HotswapSlots(AdapterSlots):
                 )
             if ranks.setdefault(module, rank) != rank:
                 raise Refused("its weights do not fit the model's layers (wrong shapes).")
-        self._check_config(shared, weights, metadata, ranks)
+        self._check_config(shared, weights, metadata, ranks, alphas)
 
     def _check_config(
-        self, shared: Any, weights: dict[str, Any], metadata: Any, ranks: dict[str, int]
+        self,
+        shared: Any,
+        weights: dict[str, Any],
+        metadata: Any,
+        ranks: dict[str, int],
+        alphas: dict[str, float] | None = None,
     ) -> None:
         """Refuse what PEFT's hot-swap would refuse (after diffusers drops the slot)."""
         from diffusers.utils.peft_utils import _create_lora_config
@@ -339,9 +355,12 @@ class HotswapSlots(AdapterSlots):
         if metadata:  # diffusers' reading: the keys of this component only
             metadata = {k.removeprefix(prefix): v for k, v in metadata.items()
                         if k.startswith(prefix)}  # fmt: skip
+        if alphas:  # kohya SD/SDXL files: alphas per layer, read as diffusers reads them
+            alphas = {k.removeprefix(prefix): v for k, v in alphas.items()
+                      if k.startswith(prefix)}  # fmt: skip
         ranks_b = {f"^{module}.lora_B.weight": rank for module, rank in ranks.items()}
         try:
-            config = _create_lora_config(weights, None, metadata or None, ranks_b)
+            config = _create_lora_config(weights, alphas or None, metadata or None, ranks_b)
             check_hotswap_configs_compatible(model.peft_config[self.slots[0]], config)
         except (ValueError, TypeError) as exc:
             raise Refused(

@@ -50,6 +50,26 @@ def make_lora(
     return path
 
 
+def make_family_lora(pipeline_dir: Path, path: Path, *, seed: int, rank: int = 4) -> Path:
+    """Write a PEFT LoRA on the attention projections of another family's denoiser (the
+    UNet of SD 1.5 / SDXL, the transformer of FLUX), saved by that pipeline's class."""
+    from diffusers import AutoPipelineForText2Image
+    from peft import LoraConfig, get_peft_model_state_dict
+
+    pipeline = AutoPipelineForText2Image.from_pretrained(pipeline_dir)
+    name = "unet" if getattr(pipeline, "unet", None) is not None else "transformer"
+    denoiser = getattr(pipeline, name)
+    torch.manual_seed(seed)
+    denoiser.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights=False,
+                                    target_modules=TRANSFORMER_TARGETS))  # fmt: skip
+    layers = {f"{name}_lora_layers": get_peft_model_state_dict(denoiser)}
+    with tempfile.TemporaryDirectory() as tmp:
+        type(pipeline).save_lora_weights(tmp, **layers)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(Path(tmp) / WEIGHTS, path)
+    return path
+
+
 def make_wrong_shapes(source: Path, path: Path) -> Path:
     """Write `source`'s adapter with every lora_A widened: the layer sizes no longer fit."""
     from safetensors.torch import load_file, save_file
