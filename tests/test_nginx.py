@@ -13,7 +13,7 @@ from tests.support.apps import server_env
 from tests.support.client import get_raw_path, openai_client
 from tests.support.errors import assert_openai_error
 from tests.support.gunicorn import ROOT, GunicornServer
-from tests.support.nginx import NGINX, NginxProcess
+from tests.support.nginx import NGINX, NginxProcess, substitute
 
 pytestmark = [
     pytest.mark.slow,  # starts nginx and Gunicorn
@@ -25,16 +25,12 @@ SMALL = {"size": "64x64", "num_inference_steps": 1}
 
 def render_site(nginx_port: int, gunicorn_port: int, image_dir: Path, logs: Path) -> str:
     """Return deploy/nginx.conf with the test's ports and paths in place of the defaults."""
-    site = (ROOT / "deploy" / "nginx.conf").read_text()
-    for default, value in (
+    return substitute((ROOT / "deploy" / "nginx.conf").read_text(), "deploy/nginx.conf", (
         ("server 127.0.0.1:8000;", f"server 127.0.0.1:{gunicorn_port};"),
         ("listen 80;", f"listen 127.0.0.1:{nginx_port};"),
         ("/srv/image-server/static/images/", f"{image_dir}/"),
         ("/var/log/nginx/", f"{logs}/"),
-    ):
-        assert default in site, f"deploy/nginx.conf no longer contains {default!r}"
-        site = site.replace(default, value)
-    return site
+    ))  # fmt: skip
 
 
 class Nginx(NginxProcess):

@@ -27,6 +27,18 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def stop_process(process: subprocess.Popen, timeout: float) -> None:
+    """SIGTERM `process` if it still runs, SIGKILL it after `timeout` seconds, reap it."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 class GunicornServer:
     """`gunicorn -c gunicorn.conf.py wsgi:app`, started and stopped around a block.
 
@@ -121,13 +133,8 @@ class GunicornServer:
 
     def stop(self) -> None:
         """Stop the server (SIGTERM: it drains; SIGKILL after `stop_timeout`), remove its log."""
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=self.stop_timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process:
+            stop_process(self.process, self.stop_timeout)
         self.log_path.unlink(missing_ok=True)
 
     def __enter__(self) -> GunicornServer:

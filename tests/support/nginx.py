@@ -22,6 +22,15 @@ NGINX = shutil.which("nginx") or next(
 )
 
 
+def substitute(site: str, name: str, replacements: tuple[tuple[str, str], ...]) -> str:
+    """Replace each default of the deploy file `name` with the test's value; fail saying
+    which default is gone if the file no longer has it."""
+    for default, value in replacements:
+        assert default in site, f"{name} no longer contains {default!r}"
+        site = site.replace(default, value)
+    return site
+
+
 def main_config(prefix: Path, site: Path) -> str:
     """A minimal nginx.conf around the site file, with every path under `prefix`."""
     temp = "\n".join(

@@ -9,7 +9,7 @@ from pathlib import Path
 import requests
 
 from tests.support.gunicorn import ROOT, GunicornServer
-from tests.support.nginx import NginxProcess
+from tests.support.nginx import NginxProcess, substitute
 
 DEFAULT_SERVERS = re.compile(r"(    server 127\.0\.0\.1:800\d max_fails=0;.*\n)+")
 
@@ -20,14 +20,11 @@ def render_site(port: int, upstreams: list[int], logs: Path) -> str:
     servers = "".join(f"    server 127.0.0.1:{p} max_fails=0;\n" for p in upstreams)
     site, count = DEFAULT_SERVERS.subn(servers, site)
     assert count == 1, "deploy/nginx-replicas.conf no longer lists its servers as expected"
-    for default, value in (
+    return substitute(site, "deploy/nginx-replicas.conf", (
         ("listen 80;", f"listen 127.0.0.1:{port};"),
         ("/var/log/nginx/", f"{logs}/"),
         ("proxy_next_upstream_tries 3;", f"proxy_next_upstream_tries {len(upstreams)};"),
-    ):
-        assert default in site, f"deploy/nginx-replicas.conf no longer contains {default!r}"
-        site = site.replace(default, value)
-    return site
+    ))  # fmt: skip
 
 
 class ReplicaNginx(NginxProcess):

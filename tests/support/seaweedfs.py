@@ -18,7 +18,7 @@ from types import TracebackType
 
 import requests
 
-from tests.support.gunicorn import free_port
+from tests.support.gunicorn import free_port, stop_process
 
 WEED = shutil.which("weed") or str(Path(sys.executable).parent / "weed")
 ACCESS_KEY = "image-server-test"
@@ -100,13 +100,8 @@ class SeaweedFS:
 
     def stop(self) -> None:
         """Stop the store (SIGTERM, then SIGKILL) and wait until its S3 port is closed."""
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process:
+            stop_process(self.process, 20)
         self.process = None
         while True:
             try:
